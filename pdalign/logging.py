@@ -1,0 +1,99 @@
+"""One metrics interface: a local ``metrics.jsonl`` always, W&B alongside when enabled.
+
+W&B runs in offline mode unless an API key is configured (``WANDB_API_KEY`` or a netrc login),
+so a run never blocks on the network; ``wandb sync`` uploads an offline run later. The report
+reads ``metrics.jsonl`` only, never the W&B service. Every record carries ``step``, the x-axis
+all W&B panels are defined against, so lambda and violation plots line up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _wandb_has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+    return value
+
+
+class MetricsLogger:
+    """Writes one JSON line per ``log`` call and mirrors it to W&B.
+
+    Args:
+        run_dir: directory of the run; ``metrics.jsonl`` and ``wandb/`` land there.
+        config: the resolved run config (a plain dict), recorded as the W&B run config.
+        use_wandb: False disables W&B entirely.
+        project, group, name: W&B project, group (one sweep = one group) and run name.
+        enabled: False on non-main ranks: they log nothing.
+    """
+
+    def __init__(self, run_dir: str | Path, config: dict | None = None, *, use_wandb: bool = True,
+                 project: str = "pdalign", group: str | None = None, name: str | None = None,
+                 enabled: bool = True, resume: bool = False):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.path = self.run_dir / "metrics.jsonl"
+        self._file = None
+        self._wandb = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a" if resume else "w", encoding="utf-8")
+        if use_wandb:
+            import wandb
+
+            mode = "online" if _wandb_has_key() else "offline"
+            self._wandb = wandb.init(project=project, group=group, name=name, config=config,
+                                     dir=str(self.run_dir), mode=mode, reinit="finish_previous",
+                                     settings=wandb.Settings(silent=True, console="off"))
+            # Every panel uses `step` as its x-axis so lambda, g and violation align.
+            self._wandb.define_metric("step")
+            self._wandb.define_metric("*", step_metric="step")
+
+    @property
+    def wandb_dir(self) -> Path | None:
+        return Path(self._wandb.dir).parent if self._wandb is not None else None
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Record one line; ``record`` must hold ``step``."""
+        if not self.enabled:
+            return
+        clean = {k: _jsonable(v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log(clean)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` (a torn last line from a crash is ignored)."""
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records

@@ -1,0 +1,294 @@
+"""Per-sequence response log-probs (and exact per-token KL) without full-vocabulary logits.
+
+One decoder forward gives hidden states ``(N, T, H)``; only the positions that predict a
+response token (``labels != -100``) go through the LM head, in chunks of tokens, so the
+``(N, T, V)`` logits tensor is never built (V = 49k for SmolLM2, 128k for Llama-3).
+
+For a frozen LM head (every LoRA/QLoRA run) a fused autograd function computes, per chunk,
+the label log-prob ``z_y - logsumexp(z)`` and its gradient with respect to the hidden state,
+``d logp / d h = W[y] - softmax(z) @ W``, which is only ``(M, H)``. Backward is then one
+multiply: no logits are kept for backward and none are recomputed. The exact per-token
+``KL(pi || pi_ref) = sum_v p_v (log p_v - log q_v)`` is fused the same way, with gradient
+``d KL / d h = (p * (log p - log q - KL)) @ W``. A trainable LM head (full fine-tuning)
+takes a generic path: the same per-chunk math under activation checkpointing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from pdalign.models import has_adapter, reference_mode
+
+# One fp32 (chunk, V) buffer is kept near 64 MiB: 341 tokens for V = 49152.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class SequenceLogps:
+    """Per-sequence results of one forward over a batch of (prompt, response) rows."""
+
+    logps: torch.Tensor  # (N,) summed log pi(y|x) over response tokens
+    n_tokens: torch.Tensor  # (N,) float, response token counts
+    kl: torch.Tensor | None = None  # (N,) summed per-token KL(pi || pi_ref), or None
+    ref_logps: torch.Tensor | None = None  # (N,) summed log pi_ref(y|x), detached, or None
+
+    @property
+    def mean_logps(self) -> torch.Tensor:  # (N,)
+        return self.logps / self.n_tokens.clamp(min=1.0)
+
+
+def _decoder_and_head(model):
+    base = model.get_base_model() if has_adapter(model) else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _hidden_states(model, input_ids, attention_mask) -> torch.Tensor:
+    decoder, _ = _decoder_and_head(model)
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state  # (N, T, H)
+
+
+def response_positions(labels: torch.Tensor):
+    """Positions whose next token is a response token.
+
+    Args:
+        labels: (N, T) token ids, -100 on prompt and padding.
+    Returns (mask (N, T-1) over hidden positions, targets (M,), row (M,)).
+    """
+    mask = labels[:, 1:] != -100  # (N, T-1)
+    targets = labels[:, 1:][mask]  # (M,)
+    row = mask.nonzero(as_tuple=True)[0]  # (M,)
+    return mask, targets, row
+
+
+def _chunk_size(vocab: int) -> int:
+    return max(16, _CHUNK_ELEMENTS // vocab)
+
+
+def _logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # The matmul runs in the autocast dtype when one is active; log-softmax math is fp32.
+    return (h.to(weight.dtype) @ weight.t()).float()
+
+
+class _FusedLogprobKL(torch.autograd.Function):
+    """Label log-probs (and optionally KL to a reference) for a frozen LM head."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, h_ref, chunk):
+        # h: (M, H), weight: (V, H), targets: (M,), h_ref: (M, H) or None
+        need_grad = ctx.needs_input_grad[0]
+        m = h.shape[0]
+        logp = torch.empty(m, dtype=torch.float32, device=h.device)
+        ref_logp = torch.empty_like(logp) if h_ref is not None else None
+        kl = torch.empty_like(logp) if h_ref is not None else None
+        grads = []
+        for s in range(0, m, chunk):
+            e = min(s + chunk, m)
+            z = _logits(h[s:e], weight)  # (c, V)
+            lp = z.log_softmax(-1)
+            y = targets[s:e, None]
+            logp[s:e] = lp.gather(1, y).squeeze(1)
+            p = lp.exp()
+            if h_ref is not None:
+                lq = _logits(h_ref[s:e], weight).log_softmax(-1)
+                ref_logp[s:e] = lq.gather(1, y).squeeze(1)
+                diff = lp - lq
+                kl_c = (p * diff).sum(-1)
+                kl[s:e] = kl_c
+            if need_grad:
+                # d logp / d h = W[y] - p @ W ; d KL / d h = (p * (lp - lq - KL)) @ W
+                g_logp = weight[targets[s:e]].float() - (p.to(weight.dtype) @ weight).float()
+                g_kl = None
+                if h_ref is not None:
+                    g_kl = ((p * (diff - kl_c[:, None])).to(weight.dtype) @ weight).float()
+                grads.append((g_logp, g_kl))
+            del z, lp, p
+        if need_grad:
+            g_logp = torch.cat([g[0] for g in grads])
+            g_kl = torch.cat([g[1] for g in grads]) if h_ref is not None else torch.zeros(0)
+            ctx.save_for_backward(g_logp, g_kl)
+            ctx.has_kl = h_ref is not None
+            ctx.h_dtype = h.dtype
+        outs = (logp, ref_logp if ref_logp is not None else torch.zeros(0),
+                kl if kl is not None else torch.zeros(0))
+        ctx.mark_non_differentiable(outs[1])
+        return outs
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_ref, grad_kl):
+        g_logp, g_kl = ctx.saved_tensors
+        grad_h = grad_logp[:, None] * g_logp
+        if ctx.has_kl and grad_kl is not None and grad_kl.numel():
+            grad_h = grad_h + grad_kl[:, None] * g_kl
+        return grad_h.to(ctx.h_dtype), None, None, None, None
+
+
+def _chunk_generic(h, weight, targets, h_ref):
+    lp = _logits(h, weight).log_softmax(-1)
+    logp = lp.gather(1, targets[:, None]).squeeze(1)
+    if h_ref is None:
+        return logp, torch.zeros(0), torch.zeros(0)
+    lq = _logits(h_ref, weight).log_softmax(-1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    return logp, lq.gather(1, targets[:, None]).squeeze(1).detach(), kl
+
+
+def token_logprobs(h, weight, targets, h_ref=None, chunk: int | None = None):
+    """Token log-probs under the LM head ``weight`` (and under the reference, with KL).
+
+    Args:
+        h: (M, H) policy hidden states at positions that predict ``targets``.
+        weight: (V, H) LM head (output embedding) weight.
+        targets: (M,) next-token ids.
+        h_ref: (M, H) reference hidden states (detached) or None.
+        chunk: tokens per LM-head chunk; default keeps one (chunk, V) fp32 buffer ~64 MiB.
+    Returns (logp (M,), ref_logp (M,) or None, kl (M,) or None).
+    """
+    chunk = chunk or _chunk_size(weight.shape[0])
+    if not weight.requires_grad:
+        logp, ref_logp, kl = _FusedLogprobKL.apply(h, weight, targets, h_ref, chunk)
+    else:
+        parts = [checkpoint(_chunk_generic, h[s:s + chunk], weight, targets[s:s + chunk],
+                            None if h_ref is None else h_ref[s:s + chunk], use_reentrant=False)
+                 for s in range(0, h.shape[0], chunk)]
+        logp, ref_logp, kl = (torch.cat([p[i] for p in parts]) for i in range(3))
+    if h_ref is None:
+        return logp, None, None
+    return logp, ref_logp, kl
+
+
+def _per_sequence(values: torch.Tensor, row: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, row, values)
+
+
+def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool = False,
+                   with_kl: bool = False, ref_model=None, ref_rows: int | None = None
+                   ) -> SequenceLogps:
+    """Summed response log-probs per sequence from one forward (differentiable in the policy).
+
+    Args:
+        model: the policy (a PeftModel or a plain causal LM).
+        input_ids, attention_mask, labels: (N, T); labels are -100 on prompt and padding.
+        with_ref: also return reference log-probs (adapter disabled, or ``ref_model``).
+        with_kl: also return the exact summed per-token KL(pi || pi_ref); implies with_ref.
+        ref_model: a frozen reference copy, for models without an adapter.
+        ref_rows: reference log-probs and KL only for the first ``ref_rows`` rows (the
+            preference pairs); the rest (rollout samples sharing the forward) get zeros there.
+            Default: all rows.
+    """
+    n = input_ids.shape[0]
+    mask, targets, row = response_positions(labels)
+    n_tokens = mask.sum(1).float()  # (N,)
+    _, head = _decoder_and_head(model)
+    weight = head.weight  # (V, H)
+    if getattr(head, "bias", None) is not None:
+        raise NotImplementedError("LM heads with a bias are not supported by sequence_logps")
+    h = _hidden_states(model, input_ids, attention_mask)[:, :-1][mask]  # (M, H)
+    if not (with_ref or with_kl):
+        logp, _, _ = token_logprobs(h, weight, targets)
+        return SequenceLogps(_per_sequence(logp, row, n), n_tokens)
+    r = n if ref_rows is None else ref_rows
+    m_ref = int(mask[:r].sum())  # response tokens of the leading rows come first in (M,)
+    with torch.no_grad(), reference_mode(model, ref_model) as ref:
+        h_ref = _hidden_states(ref, input_ids[:r], attention_mask[:r])[:, :-1][mask[:r]]
+    if with_kl:
+        logp_a, ref_logp, kl = token_logprobs(h[:m_ref], weight, targets[:m_ref], h_ref)
+    else:  # reference log-probs alone need no policy-side reference matmuls
+        logp_a, _, _ = token_logprobs(h[:m_ref], weight, targets[:m_ref])
+        with torch.no_grad():
+            ref_logp, _, _ = token_logprobs(h_ref, weight, targets[:m_ref])
+        kl = None
+    if m_ref < h.shape[0]:
+        logp_b, _, _ = token_logprobs(h[m_ref:], weight, targets[m_ref:])
+        logp = torch.cat([logp_a, logp_b])
+    else:
+        logp = logp_a
+    return SequenceLogps(
+        logps=_per_sequence(logp, row, n),
+        n_tokens=n_tokens,
+        kl=None if kl is None else _per_sequence(kl, row[:m_ref], n),
+        ref_logps=_per_sequence(ref_logp, row[:m_ref], n),
+    )
+
+
+@torch.no_grad()
+def reference_logps(model, input_ids, attention_mask, labels, ref_model=None) -> torch.Tensor:
+    """Summed reference log-probs per sequence (adapter disabled, or ``ref_model``)  # (N,)."""
+    mask, targets, row = response_positions(labels)
+    _, head = _decoder_and_head(model)
+    with reference_mode(model, ref_model) as ref:
+        h = _hidden_states(ref, input_ids, attention_mask)[:, :-1][mask]
+    logp, _, _ = token_logprobs(h, head.weight, targets)
+    return _per_sequence(logp, row, input_ids.shape[0])
+
+
+# ---- reference log-probs computed once and cached on disk ----------------------------------
+
+def reference_cache_key(model_id: dict, features: list[dict]) -> str:
+    """sha256 over the model's identity and the exact token ids of every pair.
+
+    Hashing the token ids (rather than file names) covers the data, the tokenizer, the chat
+    template and the truncation settings at once: change any of them and the key changes.
+
+    Args:
+        model_id: what identifies the reference weights and numerics (name, revision, tiny
+            config, quantization, dtype).
+        features: tokenized pairs from `pdalign.data.tokenize_pair`.
+    """
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(model_id, sort_keys=True, default=str).encode())
+    for f in features:
+        h.update(json.dumps([f["index"], f["prompt_ids"], f["chosen_ids"],
+                             f["rejected_ids"]]).encode())
+    return h.hexdigest()
+
+
+def precompute_reference(model, features: list[dict], collate_fn, cache_path, *,
+                         batch_size: int = 8, ref_model=None, device="cpu",
+                         progress: bool = True) -> list[dict]:
+    """Attach ``ref_chosen_logps``/``ref_rejected_logps`` to every feature, from the cache.
+
+    On a cache miss the reference runs once over the data (no grad, adapter disabled) and the
+    result is written to ``cache_path`` atomically; a hit loads it and runs nothing.
+
+    Args:
+        features: tokenized pairs (each with ``index``).
+        collate_fn: turns a list of features into the concatenated batch.
+        cache_path: file for this key (see `reference_cache_key`).
+    Returns new feature dicts (the inputs are not modified).
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    cache_path = Path(cache_path)
+    if cache_path.is_file():
+        table = torch.load(cache_path, weights_only=True)  # (n, 2) float32, by position
+    else:
+        from tqdm.auto import tqdm
+
+        rows = []
+        for s in tqdm(range(0, len(features), batch_size), desc="reference log-probs",
+                      disable=not progress):
+            batch = collate_fn(features[s:s + batch_size])
+            b = len(batch["index"])
+            logps = reference_logps(model, batch["input_ids"].to(device),
+                                    batch["attention_mask"].to(device),
+                                    batch["labels"].to(device), ref_model=ref_model).float().cpu()
+            rows.append(torch.stack([logps[:b], logps[b:]], dim=1))
+        table = torch.cat(rows)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="tmp-ref-", suffix=".pt", dir=cache_path.parent)
+        os.close(fd)
+        torch.save(table, tmp)
+        os.replace(tmp, cache_path)
+    if table.shape != (len(features), 2):
+        raise ValueError(f"reference cache {cache_path} holds {tuple(table.shape)} values for "
+                         f"{len(features)} pairs; delete it to recompute")
+    return [{**f, "ref_chosen_logps": float(table[i, 0]), "ref_rejected_logps": float(table[i, 1])}
+            for i, f in enumerate(features)]

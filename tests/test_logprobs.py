@@ -1,0 +1,131 @@
+"""Log-probs and exact KL from the chunked LM head agree with the full log_softmax."""
+
+import pytest
+import torch
+
+from pdalign.logprobs import sequence_logps, token_logprobs
+from pdalign.models import apply_peft, build_tiny
+
+V = 97  # a small vocabulary keeps the naive (N, T, V) reference cheap
+
+
+def _batch(seed=0, n=4, t=12, prompt=5):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (n, t), generator=g)
+    mask = torch.ones(n, t, dtype=torch.long)
+    labels = ids.clone()
+    labels[:, :prompt] = -100
+    mask[2, 9:] = 0  # a right-padded row
+    labels[2, 9:] = -100
+    return ids, mask, labels
+
+
+def _lora(model, scale=0.3):
+    model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    g = torch.Generator().manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # LoRA B starts at 0 (policy == reference); move it away
+            p.data.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def _naive(model, ids, mask, labels):
+    """Full (N, T, V) log_softmax: the definition the chunked path must reproduce."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    with model.disable_adapter():
+        ref_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    lp, lq = logits.log_softmax(-1), ref_logits.log_softmax(-1)
+    tgt = labels[:, 1:]
+    m = (tgt != -100).float()
+    pick = lambda x: x.gather(2, tgt.clamp(min=0)[..., None]).squeeze(-1)  # noqa: E731
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    return (pick(lp) * m).sum(1), (pick(lq) * m).sum(1), (kl * m).sum(1), m.sum(1)
+
+
+def test_logps_ref_and_kl_match_full_log_softmax_with_gradients():
+    model = _lora(build_tiny(V, seed=0))
+    ids, mask, labels = _batch()
+    out = sequence_logps(model, ids, mask, labels, with_kl=True)
+    logp, ref, kl, n = _naive(model, ids, mask, labels)
+    torch.testing.assert_close(out.logps, logp, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.ref_logps, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
+    assert out.n_tokens.tolist() == n.tolist() == [7.0, 7.0, 4.0, 7.0]
+    assert (out.kl > 0).all()  # the adapter moved the policy away from the reference
+    params = [p for p in model.parameters() if p.requires_grad]
+    w = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    ours = torch.autograd.grad((w * out.logps).sum() + 3 * out.kl.sum(), params)
+    theirs = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), params)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_chunking_does_not_change_results():
+    torch.manual_seed(0)
+    h, h_ref = torch.randn(23, 16, requires_grad=True), torch.randn(23, 16)
+    weight, targets = torch.randn(V, 16), torch.randint(0, V, (23,))
+    whole = token_logprobs(h, weight, targets, h_ref, chunk=1000)
+    pieces = token_logprobs(h, weight, targets, h_ref, chunk=4)
+    for a, b in zip(whole, pieces):
+        torch.testing.assert_close(a, b)
+    ga = torch.autograd.grad(whole[0].sum() + whole[2].sum(), h)[0]
+    gb = torch.autograd.grad(pieces[0].sum() + pieces[2].sum(), h)[0]
+    torch.testing.assert_close(ga, gb)
+
+
+def test_trainable_head_takes_the_generic_path_with_identical_values_and_grads():
+    model = build_tiny(V, seed=2)  # no adapter: every weight, the tied LM head too, trains
+    ids, mask, labels = _batch(seed=3)
+    out = sequence_logps(model, ids, mask, labels)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+    tgt = labels[:, 1:]
+    naive = (logits.gather(2, tgt.clamp(min=0)[..., None]).squeeze(-1) * (tgt != -100)).sum(1)
+    torch.testing.assert_close(out.logps, naive, rtol=1e-5, atol=1e-4)
+    params = list(model.parameters())
+    for a, b in zip(torch.autograd.grad(out.logps.sum(), params),
+                    torch.autograd.grad(naive.sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_ref_rows_limits_reference_and_kl_to_the_leading_rows():
+    model = _lora(build_tiny(V, seed=0))
+    ids, mask, labels = _batch()
+    full = sequence_logps(model, ids, mask, labels, with_kl=True)
+    head = sequence_logps(model, ids, mask, labels, with_kl=True, ref_rows=2)
+    torch.testing.assert_close(head.logps, full.logps)
+    torch.testing.assert_close(head.kl[:2], full.kl[:2])
+    torch.testing.assert_close(head.ref_logps[:2], full.ref_logps[:2])
+    assert head.kl[2:].abs().sum() == 0 and head.ref_logps[2:].abs().sum() == 0
+
+
+def test_fresh_adapter_is_the_reference_exactly():
+    """LoRA's B starts at zero, so KL(pi || pi_ref) = 0 and logps == ref_logps."""
+    model = apply_peft(build_tiny(V, seed=0), {"r": 4, "lora_alpha": 8,
+                                               "target_modules": ["q_proj"]})
+    ids, mask, labels = _batch()
+    out = sequence_logps(model, ids, mask, labels, with_kl=True)
+    torch.testing.assert_close(out.logps, out.ref_logps)
+    assert out.kl.abs().max() < 1e-6
+
+
+def test_adapter_disabled_reference_equals_the_base_model_loaded_fresh():
+    ids, mask, labels = _batch(seed=5)
+    fresh = sequence_logps(build_tiny(V, seed=0), ids, mask, labels)
+    policy = _lora(build_tiny(V, seed=0))
+    out = sequence_logps(policy, ids, mask, labels, with_ref=True)
+    torch.testing.assert_close(out.ref_logps, fresh.logps.detach(), rtol=1e-6, atol=1e-5)
+    assert (out.logps - out.ref_logps).abs().max() > 1e-3  # and the policy itself differs
+
+
+def test_frozen_copy_reference_for_a_model_without_adapter():
+    from pdalign.models import frozen_copy
+
+    model = build_tiny(V, seed=0)
+    ref = frozen_copy(model)
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.1)  # move the policy (tied head: embeddings move too)
+    ids, mask, labels = _batch()
+    out = sequence_logps(model, ids, mask, labels, with_ref=True, ref_model=ref)
+    torch.testing.assert_close(out.ref_logps, sequence_logps(ref, ids, mask, labels).logps)
+    with pytest.raises(ValueError, match="no reference"):
+        sequence_logps(model, ids, mask, labels, with_ref=True)

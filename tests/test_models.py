@@ -1,0 +1,123 @@
+"""Model loading: embedded GGUF -> cached directory, tiny model, dtype rule, LoRA and QLoRA."""
+
+import os
+
+import pytest
+import torch
+
+from pdalign import models
+from pdalign.models import EMBEDDED, apply_peft, build_tiny, load_model, resolve_dtype
+
+
+def test_gguf_dequantized_cache_reloads_with_identical_logits(tmp_path, monkeypatch):
+    """GGUF -> save_pretrained dir -> reload gives exactly the GGUF model's logits."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("PDALIGN_CACHE", str(tmp_path))
+    cached_dir = models.embedded_dir()  # builds the cache in tmp_path (~20-35 s)
+    assert (cached_dir / "model.safetensors").is_file()
+    assert not list(cached_dir.parent.glob(".smollm2-*")), "temp dir left behind"
+    gguf = models.embedded_gguf_path()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                  dtype=torch.float32)
+    reloaded, tokenizer = load_model(EMBEDDED)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Name a colour."}],
+                                         tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n")
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        a, b = direct(ids).logits, reloaded(ids).logits
+    assert torch.equal(a, b)
+    assert "quantization_config" not in (cached_dir / "config.json").read_text()
+
+
+def test_tiny_model_is_seeded_and_shares_the_real_tokenizer():
+    a, tok = load_model("tiny", tiny={"seed": 3})
+    b, _ = load_model("tiny", tiny={"seed": 3})
+    c, _ = load_model("tiny", tiny={"seed": 4})
+    assert len(tok) == 49152 and tok.pad_token_id is not None and tok.padding_side == "right"
+    assert tok.chat_template
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["model.embed_tokens.weight"], sc["model.embed_tokens.weight"])
+
+
+def test_unknown_model_path_names_the_fix():
+    with pytest.raises(FileNotFoundError, match="model.name_or_path='no-such-model'.*model=tiny"):
+        load_model("no-such-model")
+
+
+def test_dtype_rule_by_cpu_capability(monkeypatch):
+    assert resolve_dtype("fp32") == torch.float32
+    assert resolve_dtype("bf16") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    with pytest.raises(ValueError, match="train.dtype='fp16'"):
+        resolve_dtype("fp16")
+
+
+def test_cpu_capability_matches_proc_cpuinfo():
+    flags = open("/proc/cpuinfo").read()
+    expected = "amx_bf16" in flags or "avx512_bf16" in flags
+    assert models.cpu_has_fast_bf16() is expected
+
+
+def test_lora_trains_only_the_adapter():
+    model = apply_peft(build_tiny(101), {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                                         "target_modules": ["q_proj", "k_proj", "v_proj",
+                                                            "o_proj"]})
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert len(trainable) == 2 * 4 * 2  # A and B, 4 projections, 2 layers
+
+
+def test_qlora_nf4_forward_backward_and_8bit_adamw_on_cpu():
+    """bitsandbytes nf4 + double quant + LoRA + AdamW8bit: one real optimizer step."""
+    import bitsandbytes as bnb
+
+    from pdalign.logprobs import sequence_logps
+
+    quant = models.bnb_4bit_config(torch.float32)
+    model, _ = load_model("tiny", tiny={"hidden_size": 64}, quantization=quant)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                       quantized=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = bnb.optim.AdamW8bit(params, lr=1e-2)
+    ids = torch.randint(0, 1000, (2, 10))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    before = [p.detach().clone() for p in params]
+    out = sequence_logps(model, ids, torch.ones_like(ids), labels)
+    (-out.logps.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+    opt.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_qlora_failure_names_peft_lora(monkeypatch):
+    import bitsandbytes as bnb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no 4-bit kernels")
+
+    monkeypatch.setattr(bnb.nn, "Linear4bit", broken)
+    with pytest.raises(RuntimeError, match="Use peft=lora"):
+        models.bnb_4bit_config()
+
+
+@pytest.mark.skipif(not os.environ.get("PDALIGN_CACHE"), reason="needs the embedded cache")
+def test_embedded_chat_template_round_trip():
+    tok = models.load_tokenizer(EMBEDDED)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    assert tok.decode(ids).endswith("<|im_start|>assistant\n")
+
+
+def test_missing_local_dir_or_offline_hub_id_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="model.name_or_path='nobody/no-model'.*Offline"):
+        load_model("nobody/no-model")
