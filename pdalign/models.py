@@ -64,12 +64,20 @@ def embedded_dir() -> Path:
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     gguf = embedded_gguf_path()
     log.info("dequantizing %s once into %s (~20 s)", gguf.name, target)
+    # from_config draws a random init; keep it from moving the caller's seeded RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        _materialize(gguf, target)
+    return target
+
+
+def _materialize(gguf: Path, target: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                  dtype=torch.float32)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -81,13 +89,15 @@ def embedded_dir() -> Path:
     try:
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # a stale, incomplete directory from an older layout
+        if (target / "model.safetensors").is_file():  # another process (rank) finished first
+            shutil.rmtree(tmp)
+            return
+        if target.exists():  # an incomplete directory from an interrupted older layout
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def _source(name_or_path: str) -> str | Path:

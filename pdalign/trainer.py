@@ -169,7 +169,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         with autocast(dtype, device.type):
             train_set = precompute_reference(
                 model, train_set, PreferenceCollator(tokenizer.pad_token_id),
-                cache_dir() / "reference" / f"{key}.pt", batch_size=int(tcfg.batch_size),
+                Path(tcfg.ref_cache_dir or cache_dir() / "reference") / f"{key}.pt", batch_size=int(tcfg.batch_size),
                 ref_model=ref_model, device=device, progress=main)
     policy = PolicyForward(model, ref_model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -184,13 +184,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     names = [c.name for c in constraints]
     eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
-    dcfg_dual = cfg.dual
-    lam_max = [c.lambda_max if getattr(c, "lambda_max", None) is not None
-               else float(dcfg_dual.lambda_max) for c in constraints]
-    dual = DualState(names, lr=dcfg_dual.lr, lambda_init=dcfg_dual.lambda_init,
-                     lambda_max=lam_max, rule=dcfg_dual.rule, kp=dcfg_dual.get("kp", 0.0),
-                     ki=dcfg_dual.get("ki", dcfg_dual.lr), kd=dcfg_dual.get("kd", 0.0),
-                     ema=dcfg_dual.ema, window=dcfg_dual.window)
+    dual_kwargs = OmegaConf.to_container(cfg.dual, resolve=True)  # keys = DualState's args
+    dual_kwargs["lambda_max"] = [c.lambda_max if getattr(c, "lambda_max", None) is not None
+                                 else float(cfg.dual.lambda_max) for c in constraints]
+    dual = DualState(names, **dual_kwargs)
     rollout_constraints = [c for c in constraints if c.kind == "rollout"]
     rollouts = None
     if rollout_constraints:

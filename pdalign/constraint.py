@@ -1,0 +1,298 @@
+"""The constraint contract and the score-function surrogate shared by every rollout constraint.
+
+A constraint bounds a quantity of the policy, g(pi) <= epsilon, and produces for the current
+policy (a) a detached estimate g_hat and (b) a differentiable surrogate whose gradient
+estimates grad g. The trainer adds lambda * (surrogate - epsilon) to the loss and steps lambda
+with g_hat. Two kinds:
+
+- `BatchConstraint` reads the training forward over the preference batch (KL budget).
+- `RolloutConstraint` scores samples y ~ pi(.|x) on its own prompt set with a per-sample cost
+  c(x, y); `score_function_estimate` turns costs and log pi(y|x) into g_hat and the
+  surrogate (REINFORCE with a running-mean baseline, Williams 1992,
+  https://doi.org/10.1007/BF00992696; truncated importance weights for reused samples,
+  Ionides 2008, https://doi.org/10.1198/106186008X320456).
+
+A user constraint subclasses one of the two and is selected by ``_target_`` in a YAML file
+under ``conf/constraints/``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class ConstraintEstimate:
+    """One step's view of a constraint under the current policy.
+
+    ``surrogate`` has the same value as ``value`` and carries the gradient estimate, so
+    ``lambda * (surrogate - epsilon)`` in the loss reads as the Lagrangian term in the
+    constraint's own units.
+    """
+
+    value: Tensor  # () detached g_hat
+    surrogate: Tensor  # () differentiable, grad surrogate ~ grad g
+    stats: dict[str, float] = field(default_factory=dict)  # optional diagnostics to log
+
+
+# ---- prompt sets ------------------------------------------------------------------------------
+
+def bundled_prompts_dir() -> Path:
+    """The prompt sets shipped in the wheel (``constraints/prompts`` in the source tree)."""
+    return Path(str(resources.files("pdalign.constraints").joinpath("prompts")))
+
+
+def bundled_prompt_sets() -> list[str]:
+    return sorted(p.stem for p in bundled_prompts_dir().glob("*.jsonl"))
+
+
+def resolve_prompts(source: str | Path, field_name: str = "prompts") -> Path:
+    """Path of a prompt set: an existing file, else a bundled set name (``adversarial``).
+
+    Raises FileNotFoundError naming ``field_name``, the paths tried and the bundled sets.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    bundled = bundled_prompts_dir() / (path.name if path.suffix else f"{path.name}.jsonl")
+    if len(path.parts) == 1 and bundled.is_file():
+        return bundled
+    raise FileNotFoundError(
+        f"{field_name}={str(source)!r}: no such file (tried {path.resolve()} and {bundled}). "
+        f"Give a JSONL file with a 'prompt' field, a CSV file with a 'prompt' column, or a "
+        f"bundled set: {', '.join(bundled_prompt_sets())}."
+    )
+
+
+def load_prompts(source: str | Path, field_name: str = "prompts") -> list[str]:
+    """Prompts from a bundled set name or a user JSONL (``prompt`` field) / CSV (``prompt`` column).
+
+    Args:
+        source: a path, or the name of a bundled set (see `bundled_prompt_sets`).
+        field_name: the config key named in error messages, e.g. ``constraints.refusal.prompts``.
+    """
+    path = resolve_prompts(source, field_name)
+    where = f"{field_name}={str(source)!r} ({path})"
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "prompt" not in (reader.fieldnames or []):
+                raise ValueError(f"{where}: the CSV has no 'prompt' column "
+                                 f"(columns: {reader.fieldnames})")
+            rows = [(i + 2, row["prompt"]) for i, row in enumerate(reader)]
+    elif path.suffix.lower() in (".jsonl", ".json"):
+        rows = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: line {lineno} is not JSON ({err.msg})") from err
+            if not isinstance(record, dict) or "prompt" not in record:
+                raise ValueError(f"{where}: line {lineno} has no 'prompt' field")
+            rows.append((lineno, record["prompt"]))
+    else:
+        raise ValueError(f"{where}: expected a .jsonl or .csv file")
+    for lineno, prompt in rows:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: line {lineno} has an empty or non-text prompt")
+    if not rows:
+        raise ValueError(f"{where}: the file has no prompts")
+    return [prompt for _, prompt in rows]
+
+
+# ---- the contract -----------------------------------------------------------------------------
+
+class Constraint:
+    """A bound g(pi) <= epsilon with a name; subclass `BatchConstraint` or `RolloutConstraint`.
+
+    Args:
+        name: the key used in logs, lambda vectors and error messages (``constraints.<name>``).
+        epsilon: the bound, in the constraint's unit (see ``epsilon_unit``); checked against
+            ``epsilon_range``. May be None only where `calibrate` sets it.
+        lambda_max: cap of this constraint's multiplier; None uses the dual config's.
+    """
+
+    kind: ClassVar[str] = ""
+    epsilon_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)  # closed interval
+    epsilon_low_open: ClassVar[bool] = False  # True: epsilon must be > the low end
+    epsilon_unit: ClassVar[str] = ""
+
+    def __init__(self, name: str, epsilon: float | None, lambda_max: float | None = None):
+        self.name = str(name)
+        if epsilon is None and not self.needs_calibration:
+            raise ValueError(f"constraints.{self.name}.epsilon is required"
+                             + (f" ({self.epsilon_unit})" if self.epsilon_unit else ""))
+        self.epsilon = None if epsilon is None else self.check_epsilon(epsilon)
+        if lambda_max is not None and not (math.isfinite(lambda_max) and lambda_max > 0):
+            raise ValueError(f"constraints.{self.name}.lambda_max must be a finite number > 0 "
+                             f"or null (use the dual config's), got {lambda_max}")
+        self.lambda_max = None if lambda_max is None else float(lambda_max)
+
+    def check_epsilon(self, epsilon: float) -> float:
+        lo, hi = self.epsilon_range
+        value = float(epsilon)
+        below = value <= lo if self.epsilon_low_open else value < lo
+        if not math.isfinite(value) or below or value > hi:
+            interval = (f"{'(' if self.epsilon_low_open else '['}{lo:g}, {hi:g}"
+                        f"{')' if math.isinf(hi) else ']'}")
+            unit = f" ({self.epsilon_unit})" if self.epsilon_unit else ""
+            raise ValueError(f"constraints.{self.name}.epsilon={epsilon!r} is out of range: it "
+                             f"must be in {interval}{unit}")
+        return value
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True while epsilon still waits for a reference rollout (Length's relative mode)."""
+        return False
+
+    def config_key(self, key: str) -> str:
+        """The config path of one of this constraint's keys, for error messages."""
+        return f"constraints.{self.name}.{key}"
+
+    def state_dict(self) -> dict[str, Any]:
+        # epsilon is config, not state: a resumed run takes the (possibly edited) config's.
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, epsilon={self.epsilon})"
+
+
+class BatchConstraint(Constraint):
+    """A constraint read off the training forward over the concatenated chosen‖rejected batch."""
+
+    kind: ClassVar[str] = "batch"
+    needs_kl: ClassVar[bool] = False  # True: the trainer asks sequence_logps for KL(pi||pi_ref)
+
+    def estimate(self, out) -> ConstraintEstimate:
+        """g_hat and surrogate from the training forward's `SequenceLogps` (rows: (2B,))."""
+        raise NotImplementedError
+
+
+class RolloutConstraint(Constraint):
+    """A constraint on samples of the policy on its own prompt set, with a per-sample cost.
+
+    Constraints that name the same prompt file share one rollout (`pdalign.rollout`).
+
+    Args:
+        prompts: a bundled prompt set name or a JSONL/CSV path; loaded (and checked) here,
+            before any model loads.
+        baseline_momentum: m in b <- m*b + (1-m)*mean(c), applied with each rollout's costs
+            once that rollout is retired; higher is smoother but lags a moving policy.
+            Default 0.9. Until the first update, a rollout is scored against its own mean.
+    """
+
+    kind: ClassVar[str] = "rollout"
+
+    def __init__(self, name: str, epsilon: float | None, prompts: str,
+                 lambda_max: float | None = None, baseline_momentum: float = 0.9):
+        super().__init__(name, epsilon, lambda_max)
+        self.prompt_path = resolve_prompts(prompts, self.config_key("prompts")).resolve()
+        self.prompts = load_prompts(prompts, self.config_key("prompts"))
+        if not 0.0 <= baseline_momentum < 1.0:
+            raise ValueError(f"{self.config_key('baseline_momentum')} must be in [0, 1), "
+                             f"got {baseline_momentum}")
+        self.baseline_momentum = float(baseline_momentum)
+        self.baseline: float | None = None  # set when the first rollout is retired
+
+    def calibrate(self, reference_costs: Tensor) -> None:
+        """Set state (e.g. epsilon) from costs of a reference-policy rollout. Default: no-op.
+
+        Args:
+            reference_costs: (N,) costs of samples of the reference policy.
+        """
+
+    def cost(self, prompts: list[str], responses: list[str], response_lengths: Tensor) -> Tensor:
+        """Per-sample cost c(x, y), detached float  # (N,).
+
+        Args:
+            prompts, responses: N prompt and decoded response texts.
+            response_lengths: (N,) response token counts (EOS included where sampled).
+        """
+        raise NotImplementedError
+
+    def estimate(self, costs: Tensor, logps: Tensor, weights: Tensor) -> ConstraintEstimate:
+        """g_hat and the score-function surrogate for this constraint's costs.
+
+        Args:
+            costs: (N,) detached costs of the samples.
+            logps: (N,) log pi(y|x) under the current policy, differentiable.
+            weights: (N,) detached clipped importance weights (see `importance_weights`).
+        """
+        baseline = self.baseline if self.baseline is not None else float(costs.mean())
+        return score_function_estimate(costs, logps, weights, baseline)
+
+    def update_baseline(self, costs: Tensor) -> None:
+        """b <- m*b + (1-m)*mean(c); the first call sets b = mean(c)."""
+        mean = float(costs.float().mean())
+        m = self.baseline_momentum
+        self.baseline = mean if self.baseline is None else m * self.baseline + (1.0 - m) * mean
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.baseline = state["baseline"]
+
+
+# ---- the estimator ----------------------------------------------------------------------------
+
+def importance_weights(logps: Tensor, old_logps: Tensor, clip: float) -> Tensor:
+    """Truncated importance weights pi(y|x) / pi_old(y|x) of samples drawn from pi_old.
+
+    Clipped to [1/clip, clip]: a ratio bound symmetric in log space, so one sample can neither
+    dominate nor vanish after the policy moved. Fresh samples (logps == old_logps) get 1.
+
+    Args:
+        logps: (N,) log pi(y|x) under the current policy (detached here).
+        old_logps: (N,) log pi_old(y|x) at the first scoring of the samples.
+        clip: > 1; 2.0 keeps every weight in [0.5, 2].
+    Returns (N,) detached weights.
+    """
+    if not clip > 1.0:
+        raise ValueError(f"importance weight clip must be > 1 (weights in [1/clip, clip]), "
+                         f"got {clip}")
+    log_ratio = (logps.detach() - old_logps.detach()).clamp(-math.log(clip), math.log(clip))
+    return log_ratio.exp()
+
+
+def score_function_estimate(costs: Tensor, logps: Tensor, weights: Tensor,
+                            baseline: float) -> ConstraintEstimate:
+    """g_hat and the REINFORCE surrogate of g(pi) = E_{y~pi}[c(x, y)] from N samples.
+
+    With self-normalized weights w~_i = w_i / mean(w):
+        g_hat = mean(w~ * c)
+        grad  = mean(w~ * (c - b) * grad log pi(y|x))
+    The surrogate's value is g_hat (a detached offset), its gradient is the line above; with
+    w = 1 and b = mean(c) the gradient is exactly zero when every cost is equal.
+
+    Args:
+        costs: (N,) per-sample costs, detached.
+        logps: (N,) summed response log-probs under the current policy, differentiable.
+        weights: (N,) detached importance weights (ones for fresh samples).
+        baseline: b, the running mean cost (a control variate; unbiased for any fixed b).
+    """
+    costs = costs.detach().to(device=logps.device, dtype=torch.float32)
+    weights = weights.detach().to(device=logps.device, dtype=torch.float32)
+    w = weights / weights.mean()  # (N,)
+    value = (w * costs).mean()
+    score = (w * (costs - baseline) * logps.float()).mean()
+    surrogate = value + (score - score.detach())
+    stats = {"baseline": float(baseline), "is_weight_min": float(weights.min()),
+             "is_weight_max": float(weights.max())}
+    return ConstraintEstimate(value=value.detach(), surrogate=surrogate, stats=stats)
+

@@ -1,0 +1,408 @@
+"""Batched sampling from the policy, and the manager that turns samples into constraint estimates.
+
+`generate` samples responses with the KV cache (``model.generate`` on left-padded chat
+prompts) and rebuilds right-padded prompt+response rows that the log-prob forward scores.
+`RolloutManager` owns the rollout constraints: every ``every`` optimizer steps it samples a
+fresh subset of each prompt set (constraints naming the same prompt file share one rollout),
+scores the costs once, and in between reuses the samples with clipped importance weights.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pdalign.constraint import (
+    Constraint,
+    ConstraintEstimate,
+    RolloutConstraint,
+    importance_weights,
+)
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Rollout:
+    """N sampled responses, as text and as right-padded rows ready for a scoring forward."""
+
+    prompts: list[str]
+    responses: list[str]  # decoded, special tokens skipped
+    input_ids: Tensor  # (N, T) prompt + response, right-padded with the pad id
+    attention_mask: Tensor  # (N, T) 1 on prompt and response tokens
+    labels: Tensor  # (N, T) response ids; -100 on prompt and padding
+    response_lengths: Tensor  # (N,) long, response tokens incl. EOS where sampled
+    costs: dict[str, Tensor] = field(default_factory=dict)  # name -> (N,), set by the manager
+    old_logps: Tensor | None = None  # (N,) log pi(y|x) at the first scoring forward
+    step: int = 0  # optimizer step at which the samples were drawn
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of one user turn plus the assistant header, as pdalign.data builds prompts."""
+    if tokenizer.chat_template is None:
+        return list(tokenizer(prompt)["input_ids"])
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                         add_generation_prompt=True, tokenize=False)
+    # The template writes its own special tokens; adding BOS again would double it.
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """Fork torch's RNG (CPU and, where used, the model's accelerator) and seed it."""
+    if seed is None:
+        yield
+        return
+    on_cpu = device.type == "cpu"
+    with torch.random.fork_rng(devices=[] if on_cpu else [device],
+                               device_type=None if on_cpu else device.type):
+        torch.manual_seed(seed)
+        yield
+
+
+def _truncate_at_eos(new_tokens: list[int], eos_ids: set[int]) -> list[int]:
+    for i, tok in enumerate(new_tokens):
+        if tok in eos_ids:
+            return new_tokens[:i + 1]
+    return new_tokens
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids]) - {None}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def right_pad(rows: list[tuple[list[int], list[int]]], pad_id: int
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """(prompt ids, response ids) pairs -> input_ids, attention_mask, labels, each (N, T)."""
+    width = max(len(p) + len(r) for p, r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (p, r) in enumerate(rows):
+        n_p, n = len(p), len(p) + len(r)
+        input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
+        attention_mask[i, :n] = 1
+        labels[i, n_p:n] = torch.tensor(r, dtype=torch.long)
+    return input_ids, attention_mask, labels
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
+             top_p: float, batch_size: int, seed: int | None = None) -> Rollout:
+    """Sample one response per prompt from the policy.
+
+    Pure temperature + nucleus sampling (top_k is off, no repetition penalty), so with
+    temperature 1 and top_p 1 the samples follow pi itself, as the score-function surrogate
+    assumes. temperature 0 decodes greedily. The model runs in eval mode without gradients and
+    its previous mode is restored.
+
+    Args:
+        model: a causal LM or PeftModel.
+        tokenizer: its tokenizer (chat template applied with add_generation_prompt=True).
+        prompts: N user messages.
+        max_new_tokens: generation budget per response, EOS included.
+        temperature: softmax temperature; 0 = greedy.
+        top_p: nucleus mass in (0, 1]; 1 = off.
+        batch_size: prompts per ``generate`` call.
+        seed: seeds torch's RNG (forked, so the caller's stream is untouched); the same seed,
+            model and prompts give the same samples. None: use the current RNG.
+    Returns a `Rollout` on CPU (tensors right-padded to the longest prompt+response).
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} "
+                         f"and {batch_size}")
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    eos_ids = _eos_ids(model, tokenizer)
+    sampling = {"do_sample": False} if temperature == 0 else {
+        "do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
+    prompt_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+    responses: list[list[int]] = []
+    starts = range(0, len(prompts), batch_size)
+    with _eval_mode(model), _seeded(seed, device):
+        for start in tqdm(starts, desc="rollout", leave=False, disable=len(starts) <= 2):
+            batch = prompt_ids[start:start + batch_size]
+            width = max(len(p) for p in batch)
+            # Left padding keeps every prompt's last token at the same position for generate.
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch],
+                                device=device)
+            out = model.generate(input_ids=ids, attention_mask=mask,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                                 eos_token_id=sorted(eos_ids), repetition_penalty=1.0,
+                                 use_cache=True, **sampling)  # (b, width + new)
+            for row in out[:, width:].tolist():
+                responses.append(_truncate_at_eos(row, eos_ids))
+    input_ids, attention_mask, labels = right_pad(list(zip(prompt_ids, responses)), pad_id)
+    return Rollout(
+        prompts=list(prompts),
+        responses=tokenizer.batch_decode(responses, skip_special_tokens=True),
+        input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+        response_lengths=torch.tensor([len(r) for r in responses], dtype=torch.long),
+    )
+
+
+LogpsFn = Callable[..., Any]  # (model, input_ids, attention_mask, labels) -> SequenceLogps
+
+
+def _default_logps_fn(model, input_ids, attention_mask, labels):
+    from pdalign.logprobs import sequence_logps
+
+    return sequence_logps(model, input_ids, attention_mask, labels)
+
+
+class RolloutManager:
+    """Samples the policy for the rollout constraints and turns the samples into estimates.
+
+    Constraints whose prompt file is the same share one rollout: generated once, scored by
+    each. Every ``every`` steps (and on the first call) each prompt set gets a fresh random
+    subset of ``prompts_per_rollout`` prompts; on the steps between, the same samples are
+    re-scored under the current policy and importance-weighted (clipped) against the log-probs
+    of their first scoring. Costs are computed once, when the samples are drawn. A rollout's
+    costs enter each constraint's running baseline when the rollout is retired, so the baseline
+    a sample is scored against never contains that sample's own cost.
+
+    Per optimizer step the trainer calls:
+
+    1. ``maybe_sample(model, step)`` once, before the micro-batches;
+    2. ``rows(device)`` -> {input_ids, attention_mask, labels} (M, T): the rows to append to
+       the forward (the same rows for every micro-batch of the step);
+    3. ``estimates(logps)`` -> {name: ConstraintEstimate}, with ``logps`` (M,) the summed
+       response log-probs of those rows from that forward (differentiable).
+
+    ``step_estimates(model, step)`` does all three with its own forward.
+
+    Args:
+        constraints: constraints (a list or a name -> constraint mapping); batch constraints are
+            ignored here.
+        tokenizer: the policy's tokenizer.
+        every: steps between fresh rollouts; 1 = fresh samples every step (no reuse).
+        prompts_per_rollout: prompts drawn (without replacement) per prompt set per rollout;
+            a set smaller than this is used whole.
+        max_new_tokens, temperature, top_p: sampling, see `generate`.
+        batch_size: prompts per ``generate`` call.
+        is_clip: importance weights of reused samples are clipped to [1/is_clip, is_clip].
+        seed: seeds prompt subsets and generation (give each data-parallel rank its own).
+    """
+
+    def __init__(self, constraints: Iterable[Constraint] | Mapping[str, Constraint], tokenizer,
+                 *, every: int = 1, prompts_per_rollout: int = 8, max_new_tokens: int = 48,
+                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16,
+                 is_clip: float = 2.0, seed: int = 0):
+        if isinstance(constraints, Mapping):
+            constraints = constraints.values()
+        if every < 1 or prompts_per_rollout < 1:
+            raise ValueError(f"rollout every and prompts_per_rollout must be >= 1, got {every} "
+                             f"and {prompts_per_rollout}")
+        if not is_clip > 1.0:
+            raise ValueError(f"rollout is_clip must be > 1, got {is_clip}")
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+        self.every, self.prompts_per_rollout = int(every), int(prompts_per_rollout)
+        self.gen_kwargs = {"max_new_tokens": int(max_new_tokens),
+                           "temperature": float(temperature), "top_p": float(top_p),
+                           "batch_size": int(batch_size)}
+        self.is_clip, self.seed = float(is_clip), int(seed)
+        by_path: dict[Path, list[RolloutConstraint]] = {}
+        for c in constraints:
+            if c.kind == "rollout":
+                by_path.setdefault(c.prompt_path, []).append(c)
+        # group key: the constraints' names joined, stable across machines (paths are not)
+        self.groups = {"+".join(c.name for c in group): group for group in by_path.values()}
+        self.rollouts: dict[str, Rollout] = {}
+        self.rng = np.random.default_rng(self.seed)
+        self._rows: dict[str, Tensor] | None = None  # rows() cache, rebuilt after sampling
+
+    @property
+    def constraints(self) -> list[RolloutConstraint]:
+        return [c for group in self.groups.values() for c in group]
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    # ---- sampling ---------------------------------------------------------------------------
+
+    def _sample(self, model, group: list[RolloutConstraint], prompts: list[str], seed: int,
+                step: int) -> Rollout:
+        rollout = generate(model, self.tokenizer, prompts, seed=seed, **self.gen_kwargs)
+        rollout.step = step
+        for c in group:
+            cost = torch.as_tensor(c.cost(rollout.prompts, rollout.responses,
+                                          rollout.response_lengths))
+            cost = cost.detach().to(device="cpu", dtype=torch.float32)
+            if cost.shape != (len(rollout),) or not torch.isfinite(cost).all():
+                raise ValueError(f"{type(c).__name__}.cost for constraints.{c.name} must return "
+                                 f"{len(rollout)} finite values, got shape {tuple(cost.shape)}")
+            rollout.costs[c.name] = cost
+        return rollout
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(c.needs_calibration for c in self.constraints)
+
+    def calibrate(self, model) -> dict[str, float]:
+        """Sample the reference policy on every prompt of the sets whose constraints need it
+        and call their `calibrate` (Length's relative mode sets epsilon here).
+
+        Call once before training, before reading any epsilon, with the reference (e.g. inside
+        ``pdalign.models.reference_mode``); a no-op when nothing needs calibration. What
+        calibration measured (Length's reference length) is in `state_dict`, so a resumed run
+        skips it. Returns {name: epsilon} of the constraints calibrated.
+        """
+        done = {}
+        for group in self.groups.values():
+            targets = [c for c in group if c.needs_calibration]
+            if not targets:
+                continue
+            rollout = self._sample(model, targets, group[0].prompts, seed=self.seed, step=0)
+            for c in targets:
+                c.calibrate(rollout.costs[c.name])
+                done[c.name] = c.epsilon
+        return done
+
+    def maybe_sample(self, model, step: int, device: torch.device | str | None = None) -> bool:
+        """Draw fresh samples for every prompt set whose rollout is ``every`` steps old (or
+        missing); score their costs. Returns True if anything was sampled.
+
+        Args:
+            model: the policy (switched to eval for sampling, then restored).
+            step: the optimizer step.
+            device: where `rows` keeps its cached rows; default the model's device.
+        """
+        uncalibrated = [c.name for c in self.constraints if c.needs_calibration]
+        if uncalibrated:
+            raise RuntimeError(f"constraints {uncalibrated} set epsilon from a reference rollout: "
+                               f"call RolloutManager.calibrate(reference_model) before training")
+        sampled = False
+        for key, group in self.groups.items():
+            old = self.rollouts.get(key)
+            if old is not None and step - old.step < self.every:
+                continue
+            if old is not None:  # retire: its costs enter the baseline after their use
+                for c in group:
+                    c.update_baseline(old.costs[c.name])
+            prompts = group[0].prompts
+            k = min(self.prompts_per_rollout, len(prompts))
+            idx = self.rng.choice(len(prompts), size=k, replace=False)
+            seed = int(self.rng.integers(2**31 - 1))
+            self.rollouts[key] = self._sample(model, group, [prompts[i] for i in idx], seed, step)
+            sampled = True
+        if sampled or self._rows is None:
+            self._rows = self.rows(device or next(model.parameters()).device, cached=False)
+        return sampled
+
+    def rows(self, device: torch.device | str | None = None, *, cached: bool = True
+             ) -> dict[str, Tensor] | None:
+        """The current samples as rows to score: {input_ids, attention_mask, labels}, each
+        (M, T), all prompt sets concatenated in group order and right-padded to one width; None
+        without rollout constraints or before the first `maybe_sample`."""
+        if not self.rollouts:
+            return None
+        if cached and self._rows is not None:
+            return {k: v.to(device) for k, v in self._rows.items()} if device else self._rows
+        order = [self.rollouts[k] for k in self.groups if k in self.rollouts]
+        width = max(r.input_ids.shape[1] for r in order)
+
+        def cat(name: str, value: int) -> Tensor:
+            return torch.cat([torch.nn.functional.pad(getattr(r, name),
+                                                      (0, width - r.input_ids.shape[1]),
+                                                      value=value) for r in order]).to(device)
+
+        return {"input_ids": cat("input_ids", self.pad_id),
+                "attention_mask": cat("attention_mask", 0), "labels": cat("labels", -100)}
+
+    def estimates(self, logps: Tensor, step: int | None = None) -> dict[str, ConstraintEstimate]:
+        """{name: ConstraintEstimate} for every rollout constraint, from the rows' log-probs.
+
+        Args:
+            logps: (M,) summed response log-probs of `rows` under the current policy,
+                differentiable, in `rows` order.
+            step: the optimizer step (informational; the samples' own step decides reuse).
+        The first scoring of a rollout records its ``old_logps`` (weights 1 on that step).
+        Call it once per micro-batch with that micro-batch's forward: each call returns a full
+        estimate, so sum the surrogates into a loss that is averaged over micro-batches.
+        """
+        total = sum(len(self.rollouts[key]) for key in self.groups)
+        if logps.shape != (total,):
+            raise ValueError(f"estimates got {logps.shape[0]} log-probs for {total} rollout rows")
+        result, start = {}, 0
+        for key, group in self.groups.items():
+            rollout = self.rollouts[key]
+            lp = logps[start:start + len(rollout)]  # (N,)
+            start += len(rollout)
+            if rollout.old_logps is None:
+                rollout.old_logps = lp.detach().float().cpu()
+            weights = importance_weights(lp, rollout.old_logps.to(lp.device), self.is_clip)
+            for c in group:
+                result[c.name] = c.estimate(rollout.costs[c.name], lp, weights)
+        return result
+
+    def step_estimates(self, model, step: int, logps_fn: LogpsFn | None = None
+                       ) -> dict[str, ConstraintEstimate]:
+        """`maybe_sample`, `rows` and `estimates` with a forward of their own ({} if no
+        rollout constraints).
+
+        Args:
+            model: the policy, in the mode the trainer keeps it (sampling switches to eval).
+            step: the optimizer step.
+            logps_fn: (model, input_ids, attention_mask, labels) -> SequenceLogps; default
+                `pdalign.logprobs.sequence_logps`.
+        """
+        if not self.groups:
+            return {}
+        self.maybe_sample(model, step)
+        rows = self.rows(next(model.parameters()).device)
+        out = (logps_fn or _default_logps_fn)(model, rows["input_ids"], rows["attention_mask"],
+                                              rows["labels"])
+        return self.estimates(out.logps, step)
+
+    # ---- checkpointing ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """RNG, each rollout constraint's state (baseline; Length's reference length) and the
+        current samples.
+
+        The samples (a few hundred KB of token ids, costs and old log-probs) are kept so a
+        resumed run reuses them exactly as the uninterrupted run would have.
+        """
+        return {"rng": self.rng.bit_generator.state,
+                "constraints": {c.name: c.state_dict() for c in self.constraints},
+                "rollouts": {k: r.state_dict() for k, r in self.rollouts.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore; constraints or prompt groups absent from ``state`` start fresh."""
+        self.rng.bit_generator.state = state["rng"]
+        for c in self.constraints:
+            if c.name in state["constraints"]:
+                c.load_state_dict(state["constraints"][c.name])
+        self.rollouts = {k: Rollout(**r) for k, r in state["rollouts"].items()
+                         if k in self.groups}
+        self._rows = None
