@@ -19,16 +19,20 @@ import torch
 _STATE = "trainer_state.pt"
 
 
-def _rng_state(generator: torch.Generator) -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(), "data": generator.get_state()}
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
@@ -40,7 +44,7 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, generator,
+def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, batches,
          keep_last: int = 2) -> Path:
     """Write ``checkpoints/step-<step>`` atomically and drop all but the newest ``keep_last``."""
     root = Path(run_dir) / "checkpoints"
@@ -50,7 +54,7 @@ def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, genera
         model.save_pretrained(tmp / "model")
         torch.save({"step": step, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "dual": dual.state_dict(),
-                    "rollouts": rollouts.state_dict() if rollouts is not None else None, "rng": _rng_state(generator)},
+                    "rollouts": rollouts.state_dict() if rollouts is not None else None, "data": batches.state_dict(), "rng": _rng_state()},
                    tmp / _STATE)
         target = root / f"step-{step}"
         if target.exists():
@@ -69,7 +73,7 @@ def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, genera
     return target
 
 
-def maybe_resume(resume, run_dir, model, optimizer, scheduler, dual, rollouts, generator) -> int:
+def maybe_resume(resume, run_dir, model, optimizer, scheduler, dual, rollouts, batches) -> int:
     """Restore state from ``resume`` (``auto`` = newest complete checkpoint in ``run_dir``,
     or a checkpoint path); return the step to continue from (0 when starting fresh)."""
     if not resume:
@@ -92,7 +96,8 @@ def maybe_resume(resume, run_dir, model, optimizer, scheduler, dual, rollouts, g
     dual.load_state_dict(state["dual"])
     if rollouts is not None and state["rollouts"] is not None:
         rollouts.load_state_dict(state["rollouts"])
-    _set_rng_state(state["rng"], generator)
+    batches.load_state_dict(state["data"])
+    _set_rng_state(state["rng"])
     return int(state["step"])
 
 

@@ -26,7 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pdalign import checkpoint as ckpt
 from pdalign.logging import MetricsLogger
-from pdalign.logprobs import precompute_reference, reference_cache_key, sequence_logps
+from pdalign.logprobs import (
+    SequenceLogps,
+    precompute_reference,
+    reference_cache_key,
+    sequence_logps,
+)
 from pdalign.models import (
     apply_peft,
     autocast,
@@ -118,27 +123,67 @@ def _pad_cat(a: torch.Tensor, b: torch.Tensor, value: int) -> torch.Tensor:
     return torch.cat([pad(a), pad(b)])
 
 
+class BatchStream:
+    """Endless, seeded iteration over epochs that can resume at the exact batch.
+
+    The sampler draws an epoch's order from ``generator`` when the epoch starts, so the state
+    kept is the generator state at the start of the current epoch plus the position in it.
+    """
+
+    def __init__(self, loader, generator: torch.Generator):
+        self.loader, self.generator = loader, generator
+        self.epoch_rng, self.pos, self._it = generator.get_state(), 0, None
+
+    def next(self) -> dict:
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch_rng, self.pos = self.generator.get_state(), 0
+            self._it = iter(self.loader)
+            batch = next(self._it)
+        self.pos += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch_rng": self.epoch_rng, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["epoch_rng"])
+        self.epoch_rng, self._it = state["epoch_rng"], iter(self.loader)
+        for _ in range(state["pos"]):
+            next(self._it)
+        self.pos = state["pos"]
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run one training job described by ``cfg`` and return a summary dict."""
     from accelerate import Accelerator
     from hydra.utils import instantiate
+    from tqdm.auto import tqdm
 
     from pdalign.data import PreferenceCollator, build_dataset
     from pdalign.dual import DualState
+    from pdalign.models import reference_mode
 
     run_dir = Path(run_dir)
     tcfg, dcfg = cfg.train, cfg.data
+    steps, accum = int(tcfg.steps), int(tcfg.grad_accum)
     if tcfg.threads:
         torch.set_num_threads(int(tcfg.threads))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=accum)
+    device, main = accelerator.device, accelerator.is_main_process
     seed_everything(int(cfg.seed))
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              gradient_accumulation_steps=int(tcfg.grad_accum))
-    device = accelerator.device
-    main = accelerator.is_main_process
 
     # ---- everything that can be wrong in the config or data fails here, before the model --
     objective = instantiate(cfg.objectives[cfg.method.objective])
     constraints = build_constraints(cfg) if cfg.method.constrained else []
+    names = [c.name for c in constraints]
+    dual_kwargs = OmegaConf.to_container(cfg.dual, resolve=True)  # keys = DualState's args
+    dual_kwargs["lambda_max"] = [c.lambda_max if c.lambda_max is not None
+                                 else float(cfg.dual.lambda_max) for c in constraints]
+    dual = DualState(names, **dual_kwargs)
     dtype = resolve_dtype(tcfg.dtype, device.type)
     quantize = bool(cfg.peft.get("quantize", False))
     quant = bnb_4bit_config(dtype, cfg.peft.quant_type, cfg.peft.double_quant) if quantize else None
@@ -149,29 +194,33 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         skip_invalid=dcfg.skip_invalid)
     log.info("data: %d train pairs, %d held-out, skipped %s", len(train_set), len(heldout_set),
              dict(skipped) or "none")
-    log.info("precision: %s autocast on %s (train.dtype=%s)", dtype, device, tcfg.dtype)
+    log.info("precision: %s on %s (train.dtype=%s)", dtype, device, tcfg.dtype)
 
-    # ---- model, reference, optimizer ---------------------------------------------------
+    # ---- model, reference, optimizer, rollouts ---------------------------------------------
     model, _ = load_model(cfg.model.name_or_path, tiny=cfg.model.get("tiny"),
                           quantization=quant, trust_remote_code=cfg.model.trust_remote_code,
                           revision=cfg.model.get("revision"))
     model.config.use_cache = False
     adapter = cfg.peft.get("adapter", "lora") != "none"
     model = apply_peft(model, OmegaConf.to_container(cfg.peft) if adapter else None,
-                       quantized=quantize)
+                       quantized=quantize).to(device)
     needs_kl = any(getattr(c, "needs_kl", False) for c in constraints)
-    needs_ref = objective.needs_reference or needs_kl
-    ref_model = frozen_copy(model) if needs_ref and not has_adapter(model) else None
-    if tcfg.precompute_ref_logps and objective.needs_reference:
+    ref_model = (frozen_copy(model) if (objective.needs_reference or needs_kl)
+                 and not has_adapter(model) else None)
+    precomputed = bool(tcfg.precompute_ref_logps and objective.needs_reference)
+    if precomputed:
         model_id = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                     "quantize": quantize, "dtype": str(dtype)}
-        key = reference_cache_key(model_id, train_set)
+        path = Path(tcfg.ref_cache_dir or cache_dir() / "reference")
         with autocast(dtype, device.type):
             train_set = precompute_reference(
                 model, train_set, PreferenceCollator(tokenizer.pad_token_id),
-                Path(tcfg.ref_cache_dir or cache_dir() / "reference") / f"{key}.pt", batch_size=int(tcfg.batch_size),
-                ref_model=ref_model, device=device, progress=main)
-    policy = PolicyForward(model, ref_model)
+                path / f"{reference_cache_key(model_id, train_set)}.pt",
+                batch_size=int(tcfg.batch_size), ref_model=ref_model, device=device,
+                progress=main)
+    # The reference forward runs in the step when the loss needs it and it was not cached,
+    # and always for the exact KL budget (which needs the reference's whole distribution).
+    ref_in_step = needs_kl or (objective.needs_reference and not precomputed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, tcfg, cfg.peft)
     scheduler = _schedule(optimizer, tcfg)
@@ -179,113 +228,107 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=int(tcfg.batch_size), shuffle=True, drop_last=True,
         generator=generator, collate_fn=PreferenceCollator(tokenizer.pad_token_id))
-    policy, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader,
-                                                               scheduler)
-
-    names = [c.name for c in constraints]
-    eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
-    dual_kwargs = OmegaConf.to_container(cfg.dual, resolve=True)  # keys = DualState's args
-    dual_kwargs["lambda_max"] = [c.lambda_max if getattr(c, "lambda_max", None) is not None
-                                 else float(cfg.dual.lambda_max) for c in constraints]
-    dual = DualState(names, **dual_kwargs)
-    rollout_constraints = [c for c in constraints if c.kind == "rollout"]
+    policy, optimizer, loader, scheduler = accelerator.prepare(
+        PolicyForward(model, ref_model), optimizer, loader, scheduler)
+    batches = BatchStream(loader, generator)
     rollouts = None
-    if rollout_constraints:
+    if any(c.kind == "rollout" for c in constraints):
         from pdalign.rollout import RolloutManager
 
-        rollouts = RolloutManager(rollout_constraints, tokenizer, every=int(tcfg.rollout_every),
-                                  seed=int(cfg.seed), **OmegaConf.to_container(tcfg.rollout))
+        # each data-parallel rank samples its own responses; g is averaged across ranks
+        rollouts = RolloutManager(constraints, tokenizer, every=int(tcfg.rollout_every),
+                                  seed=int(cfg.seed) + accelerator.process_index,
+                                  **OmegaConf.to_container(tcfg.rollout))
+    start_step = ckpt.maybe_resume(tcfg.get("resume"), run_dir, model, optimizer, scheduler,
+                                   dual, rollouts, batches)
+    if rollouts is not None and rollouts.needs_calibration:
+        with reference_mode(model, ref_model) as ref:
+            log.info("calibrated from the reference: %s", rollouts.calibrate(ref))
+    eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
     logger = MetricsLogger(run_dir, OmegaConf.to_container(cfg, resolve=True),
                            use_wandb=cfg.logging.wandb, project=cfg.logging.project,
-                           group=cfg.logging.group, name=run_dir.name, enabled=main)
-    state = {"step": 0, "nonfinite": 0, "warned": set()}
-    start_step = ckpt.maybe_resume(tcfg.get("resume"), run_dir, accelerator.unwrap_model(policy).model,
-                                   optimizer, scheduler, dual, rollouts, generator)
-    state["step"] = start_step
+                           group=cfg.logging.group, name=run_dir.name, enabled=main,
+                           resume=start_step > 0)
 
     # ---- the loop ----------------------------------------------------------------------
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=int(tcfg.steps), initial=start_step, desc=f"train {cfg.method.name}",
-               disable=not main)
-    data_iter = iter(loader)
-    t_start = time.perf_counter()
-    while state["step"] < int(tcfg.steps):
+    bar = tqdm(total=steps, initial=start_step, desc=f"train {cfg.method.name}", disable=not main)
+    step, nonfinite, warned, t_start = start_step, 0, set(), time.perf_counter()
+    while step < steps:
         t0 = time.perf_counter()
         model.train()
-        step = state["step"]
         if rollouts is not None:
-            rollouts.maybe_sample(accelerator.unwrap_model(policy).model, step, device=device)
+            rollouts.maybe_sample(model, step, device=device)
         g_sum = torch.zeros(len(constraints), dtype=torch.float64)
-        metrics_acc: dict[str, float] = {}
-        tokens = 0
-        for _ in range(int(tcfg.grad_accum)):
-            try:
-                batch = next(data_iter)
-            except StopIteration:
-                data_iter = iter(loader)
-                batch = next(data_iter)
+        sums: dict[str, float] = {}
+        tokens, finite = 0, True
+        for _ in range(accum):
+            batch = batches.next()
             b = batch["index"].shape[0]
             ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-            ro = rollouts.rows(device) if rollouts is not None else None  # share the forward
-            if ro is not None:
+            ro = rollouts.rows(device) if rollouts is not None else None
+            if ro is not None:  # rollout samples share the policy forward with the pairs
                 ids = _pad_cat(ids, ro["input_ids"], tokenizer.pad_token_id)
                 mask = _pad_cat(mask, ro["attention_mask"], 0)
                 labels = _pad_cat(labels, ro["labels"], -100)
-            ref_rows = 2 * b if needs_ref and "ref_chosen_logps" not in batch else 0
             with accelerator.accumulate(policy), autocast(dtype, device.type):
-                out = policy(ids, mask, labels, ref_rows=ref_rows, with_kl=needs_kl)
+                out = policy(ids, mask, labels, ref_rows=2 * b if ref_in_step else 0,
+                             with_kl=needs_kl)
                 pref = {"chosen_logps": out["logps"][:b], "rejected_logps": out["logps"][b:2 * b],
                         "chosen_n_tokens": out["n_tokens"][:b],
                         "rejected_n_tokens": out["n_tokens"][b:2 * b]}
                 if objective.needs_reference:
-                    ref = out["ref_logps"] if ref_rows else torch.cat(
-                        [batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
-                    pref["ref_chosen_logps"], pref["ref_rejected_logps"] = ref[:b], ref[b:2 * b]
+                    ref = (torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
+                           if precomputed else out["ref_logps"][:2 * b])
+                    pref["ref_chosen_logps"], pref["ref_rejected_logps"] = ref[:b], ref[b:]
                 losses, metrics = objective(pref)
                 loss = losses.mean()
-                estimates = {}
                 if constraints:
-                    batch_out = {k: v[:2 * b] for k, v in out.items()}
-                    estimates.update({c.name: c.estimate(batch_out)
-                                      for c in constraints if c.kind == "batch"})
+                    batch_out = SequenceLogps(**{k: v[:2 * b] for k, v in out.items()})
+                    est = {c.name: c.estimate(batch_out) for c in constraints
+                           if c.kind == "batch"}
                     if ro is not None:
-                        estimates.update(rollouts.estimates(out["logps"][2 * b:], step))
+                        est.update(rollouts.estimates(out["logps"][2 * b:], step))
+                    # primal: the Lagrangian with this step's lambda (constant in theta)
                     lam = dual.lam.to(device=loss.device, dtype=torch.float32)
                     for i, c in enumerate(constraints):
-                        loss = loss + lam[i] * (estimates[c.name].surrogate - float(c.epsilon))
-                        g_sum[i] += float(estimates[c.name].value)
-                if not torch.isfinite(loss):
+                        loss = loss + lam[i] * (est[c.name].surrogate - float(eps[i]))
+                        g_sum[i] += float(est[c.name].value)
+                finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(g_sum).all())
+                if not finite:
                     break
                 accelerator.backward(loss)  # accelerate divides by grad_accum
             metrics["loss/pref"] = float(losses.detach().mean())
+            metrics["loss"] = float(loss.detach())
             for k, v in metrics.items():
-                metrics_acc[k] = metrics_acc.get(k, 0.0) + v / int(tcfg.grad_accum)
+                sums[k] = sums.get(k, 0.0) + v / accum
             tokens += int(mask.sum())
 
-        if not torch.isfinite(loss):
+        if not finite:  # skip the whole step: no primal update, no dual update
             optimizer.zero_grad(set_to_none=True)
-            state["nonfinite"] += 1
-            log.warning("step %d: non-finite loss, step skipped (%d in a row)", step,
-                        state["nonfinite"])
-            if state["nonfinite"] >= int(tcfg.max_nonfinite_steps):
+            nonfinite += 1
+            log.warning("step %d: non-finite loss or constraint estimate; step skipped "
+                        "(%d in a row)", step + 1, nonfinite)
+            logger.log({"step": step + 1, "skipped_nonfinite": 1})
+            if nonfinite >= int(tcfg.max_nonfinite_steps):
                 raise FloatingPointError(
-                    f"{state['nonfinite']} non-finite steps in a row: lower train.lr, lower "
-                    f"beta, or set train.dtype=fp32 if bf16 overflows")
-            state["step"] += 1
+                    f"{nonfinite} non-finite steps in a row at step {step + 1}: the likely "
+                    f"causes are a too-large train.lr, a too-large beta, or bf16 overflow "
+                    f"(try train.dtype=fp32)")
+            step += 1
+            bar.update(1)
             continue
-        state["nonfinite"] = 0
+        nonfinite = 0
         grad_norm = (accelerator.clip_grad_norm_(params, tcfg.max_grad_norm)
                      if tcfg.max_grad_norm else torch.tensor(float("nan")))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        # ---- dual step: same iteration, same g_i, identical on every rank --------------
+        # ---- dual: same iteration, same g_i, mean over ranks so lambda is identical ------
         record: dict[str, Any] = {"step": step + 1}
         if constraints:
-            g = g_sum / int(tcfg.grad_accum)
-            g = accelerator.reduce(g.to(device), reduction="mean").cpu().to(torch.float64)
+            g = accelerator.reduce((g_sum / accum).to(device), reduction="mean")
+            g = g.cpu().to(torch.float64)
             lam_used = dual.lam.clone()
             dual.update(g, eps)
             for i, name in enumerate(names):
@@ -295,29 +338,28 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 record[f"eps/{name}"] = float(eps[i])
                 record[f"violation/{name}"] = float(g[i] - eps[i])
             for i in dual.stalled():
-                if names[i] not in state["warned"]:
-                    state["warned"].add(names[i])
-                    log.warning("constraint %s is not being met at the current capacity: lambda "
-                                "is pinned at lambda_max or keeps rising (lambda=%.3f)",
+                if names[i] not in warned:
+                    warned.add(names[i])
+                    log.warning("constraint %s is not being met at the current capacity: its "
+                                "lambda is pinned at lambda_max or keeps rising (lambda=%.3f)",
                                 names[i], float(dual.lam[i]))
         dt = time.perf_counter() - t0
-        record.update(metrics_acc)
-        record.update({"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "step_time_s": dt,
-                       "tokens_per_s": tokens / dt if dt > 0 else 0.0})
-        state["step"] += 1
-        if step % int(cfg.logging.every) == 0 or state["step"] == int(tcfg.steps):
+        record.update(sums)
+        record.update({"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "step_time_s": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0})
+        step += 1
+        if step % int(cfg.logging.every) == 0 or step == steps:
             logger.log(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         every = int(tcfg.checkpoint_every)
-        if main and ((every and state["step"] % every == 0) or state["step"] == int(tcfg.steps)):
-            ckpt.save(run_dir, state["step"], accelerator.unwrap_model(policy).model, optimizer,
-                      scheduler, dual, rollouts, generator, keep_last=int(tcfg.keep_last))
+        if main and ((every and step % every == 0) or step == steps):
+            ckpt.save(run_dir, step, model, optimizer, scheduler, dual, rollouts, batches,
+                      keep_last=int(tcfg.keep_last))
     bar.close()
     logger.close()
-    summary = {"steps": state["step"], "wall_time_s": time.perf_counter() - t_start,
-               "lambda": dual.as_dict() if constraints else {}, "dtype": str(dtype),
-               "world_size": accelerator.num_processes}
     accelerator.wait_for_everyone()
-    return summary
+    return {"steps": step, "wall_time_s": time.perf_counter() - t_start,
+            "lambda": dual.as_dict(), "dtype": str(dtype).replace("torch.", ""),
+            "world_size": accelerator.num_processes,
+            "final_loss": record.get("loss") if step > start_step else None}

@@ -93,6 +93,6 @@ def test_run_writes_resolved_config_free_metrics_and_a_checkpoint(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "step-3"
     assert (ckpt / "trainer_state.pt").is_file()
     assert (ckpt / "model" / "adapter_model.safetensors").is_file()
-    assert summary["dtype"] in ("torch.float32", "torch.bfloat16")
+    assert summary["dtype"] in ("float32", "bfloat16")
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "rewards/margins"} <= set(rows[0])
     json.dumps(rows)  # every value is JSON-serializable
