@@ -1,0 +1,52 @@
+"""One rank of a 2-process primal-dual run; started by tests/test_distributed.py via torchrun.
+
+Writes ``<out>/rank<k>.json`` with the world size and every lambda this rank's DualState took.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import pdalign.dual
+from pdalign.trainer import train
+from tests.conftest import compose, tiny_overrides
+
+
+def main(out: str) -> None:
+    seen = []
+    update = pdalign.dual.DualState.update
+
+    def recording(self, g_hat, epsilon):
+        lam = update(self, g_hat, epsilon)
+        seen.append({"g": [float(x) for x in g_hat], "lambda": lam.tolist()})
+        return lam
+
+    pdalign.dual.DualState.update = recording
+    import accelerate
+
+    local = []
+    reduce = accelerate.Accelerator.reduce
+
+    def recording_reduce(self, tensor, reduction="sum", scale=1.0):
+        local.append([float(x) for x in tensor])  # this rank's g before the all-reduce
+        return reduce(self, tensor, reduction=reduction, scale=scale)
+
+    accelerate.Accelerator.reduce = recording_reduce
+    torch.set_num_threads(1)
+    cfg = compose(tiny_overrides(
+        "method=primal_dual", "constraints=[refusal,kl_budget,length]", "train.steps=4",
+        "train.batch_size=2", "train.rollout_every=2", "train.rollout.prompts_per_rollout=2",
+        "train.rollout.max_new_tokens=6", "constraints.length.epsilon=1", "dual.lr=0.1"))
+    summary = train(cfg, Path(out) / "run")
+    from accelerate import PartialState
+
+    rank = PartialState().process_index
+    Path(out, f"rank{rank}.json").write_text(json.dumps(
+        {"world_size": summary["world_size"], "updates": seen, "local_g": local,
+         "lambda": summary["lambda"]}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
