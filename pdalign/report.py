@@ -1,9 +1,9 @@
 """``pdalign-report``: a Hydra multirun directory → one table (md + csv) and three plots.
 
-Each run of a sweep is a directory holding ``metrics.jsonl`` (found at depth ≤ 2 under the
-sweep dir), next to ``config.yaml`` (the resolved config), ``summary.json`` (written only when
-the run finished) and optionally ``manifest.json`` (data hashes). Runs are grouped by method
-label (``dpo``, ``orpo``, ``primal_dual(dpo)``, ...) and aggregated over seeds.
+Each run of a sweep is a directory holding ``metrics.jsonl`` (found under the sweep dir,
+usually one level down), next to ``config.yaml`` (the resolved config), ``summary.json``
+(written only when the run finished) and optionally ``manifest.json`` (data hashes). Runs are
+grouped by method label (``dpo``, ``orpo``, ``primal_dual(dpo)``, ...) and aggregated over seeds.
 
 What the report reads, and nothing else (keys as the trainer and evaluator log them):
 
@@ -41,7 +41,10 @@ import numpy as np
 
 from pdalign.logging import read_metrics
 
-MAX_DEPTH = 2  # a Hydra sweep dir holds runs one level down; its parent (the date dir) two
+# Runs sit one level under a Hydra sweep dir, two under its parent, but the sweep subdir is
+# ${hydra.job.override_dirname}: an override holding a path (data.train=/a/b.jsonl) nests the
+# run as deep as that path. Search deep; a run dir is never descended into.
+MAX_DEPTH = 8
 PIN_FRAC = 0.99  # λ ≥ 0.99·λ_max counts as "at the cap" (λ is clipped, so exact equality is
 #                  typical, but a PID controller can hover just below it)
 # Config keys that may differ between seeds of one method without making them different
@@ -58,7 +61,7 @@ _NO_RUNS = "no runs found under {root}: expected subdirectories with metrics.jso
 
 
 class NoRunsError(ValueError):
-    """The directory holds no run (no ``metrics.jsonl`` at depth ≤ 2)."""
+    """The directory holds no run (no ``metrics.jsonl`` below it)."""
 
 
 # ---- reading runs ------------------------------------------------------------------------
@@ -212,14 +215,16 @@ def _split_labels(runs: list[Run]) -> None:
                 run.label = f"{label} [{shown}]"
 
 
-def collect_runs(root: str | Path) -> list[Run]:
+def collect_runs(root: str | Path, max_depth: int = MAX_DEPTH) -> list[Run]:
     """Every run under a Hydra multirun dir, sorted by path, with its method label.
 
-    Runs are the directories at depth ≤ 2 (the root itself included) holding
-    ``metrics.jsonl``. Undecodable lines (a crash tears the last one) are skipped.
+    Runs are the directories at depth ≤ ``max_depth`` (the root itself included) holding
+    ``metrics.jsonl``; hidden dirs, ``wandb/`` and a run's subdirs are not searched.
+    Undecodable lines (a crash tears the last one) are skipped.
 
     Args:
         root: the multirun directory (Hydra's ``hydra.sweep.dir``) or its parent.
+        max_depth: how many directory levels below ``root`` to search. Default 8.
 
     Raises:
         NoRunsError: no run was found.
@@ -227,9 +232,10 @@ def collect_runs(root: str | Path) -> list[Run]:
     root = Path(root)
     found: list[Path] = []
     frontier = [root] if root.is_dir() else []
-    for _ in range(MAX_DEPTH + 1):
-        found += [d for d in frontier if (d / "metrics.jsonl").is_file()]
-        frontier = [c for d in frontier for c in sorted(d.iterdir())
+    for _ in range(max_depth + 1):
+        runs_here = [d for d in frontier if (d / "metrics.jsonl").is_file()]
+        found += runs_here
+        frontier = [c for d in frontier if d not in runs_here for c in sorted(d.iterdir())
                     if c.is_dir() and not c.name.startswith(".") and c.name != "wandb"]
     if not found:
         raise NoRunsError(_NO_RUNS.format(root=root))
@@ -363,10 +369,11 @@ def summarize(runs: Sequence[Run], window_frac: float = 0.2,
     for label in sorted({r.label for r in runs}):
         group = [r for r in runs if r.label == label]
         used = [r for r in group if r.complete or include_incomplete]
+        data = {letters[r.data_hashes] if r.data_hashes else "-" for r in used}
         row: dict[str, Any] = {
-            "method": label, "n_seeds": len(used), "n_incomplete": sum(not r.complete for r in group),
-            "seeds": ";".join(str(r.seed) for r in used),
-            "data": ";".join(sorted({letters[r.data_hashes] if r.data_hashes else "-" for r in used})),
+            "method": label, "n_seeds": len(used),
+            "n_incomplete": sum(not r.complete for r in group),
+            "seeds": ";".join(str(r.seed) for r in used), "data": ";".join(sorted(data)),
         }
         _put(row, "pref_accuracy", [r.final("eval/pref_accuracy") for r in used])
         _put(row, "wall_time_s", [(r.summary or {}).get("wall_time_s") for r in used])
@@ -449,9 +456,10 @@ confidence bound is ≤ ε) / seeds evaluated.
 - *λ health* (constrained methods): over the last {window:.0%} of steps, *pinned* = λ_c stayed \
 ≥ 0.99·λ_max, *rising* = λ_c rose at every logged step (up to the cap); either means the \
 constraint is not met at the policy's capacity (raise capacity, λ_max or the dual step, or \
-loosen ε). Shown as seeds flagged / seeds; *ok* otherwise. *final λ* is λ after the last dual step.
+loosen ε). Shown as seeds flagged / seeds; *ok* otherwise. *final λ* is λ after the last \
+dual step.
 - *data*: which set of data hashes (`manifest.json`) the runs used; letters in the list below \
-(– = no manifest).
+(`-` = no manifest).
 """
 
 
@@ -533,7 +541,14 @@ def write_csv(rows: list[dict[str, Any]], fh: io.TextIOBase) -> None:
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+
+
+def _csv_cell(value: Any) -> Any:
+    # 10 significant digits: exact for any logged metric, without 0.6499999999999999 noise.
+    if value is None:
+        return ""
+    return f"{value:.10g}" if isinstance(value, float) else value
 
 
 # ---- plots -------------------------------------------------------------------------------
@@ -556,7 +571,8 @@ def _grid(n: int, title: str):
 
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(4.8 * cols, 3.6 * rows), layout="constrained")
+    # One panel still gets room for the two-line title.
+    fig = Figure(figsize=(max(4.8 * cols, 6.4), 3.6 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -586,7 +602,8 @@ def _save_png(fig, path: Path) -> None:
 
 def plot_lambda(runs_by_label, colors, constraints: list[str], path: Path) -> None:
     """λ_c vs step per method, one panel per constraint; mean over seeds, min–max band."""
-    fig, axes = _grid(len(constraints), "Lagrange multipliers λ (mean over seeds, band = min–max)")
+    fig, axes = _grid(len(constraints),
+                      "Lagrange multipliers λ\n(mean over seeds, band = min–max)")
     for ax, c in zip(axes, constraints):
         groups = {k: [r for r in g if f"lambda/{c}" in r.key_set] for k, g in runs_by_label.items()}
         groups = {k: g for k, g in groups.items() if g}
@@ -602,7 +619,7 @@ def plot_lambda(runs_by_label, colors, constraints: list[str], path: Path) -> No
 
 def plot_g_vs_eps(runs_by_label, colors, constraints: list[str], path: Path) -> None:
     """Training estimate ĝ_c vs step with the bound ε_c, one panel per constraint."""
-    fig, axes = _grid(len(constraints), "Training constraint estimate ĝ vs bound ε "
+    fig, axes = _grid(len(constraints), "Training constraint estimate ĝ vs bound ε\n"
                       "(mean over seeds, band = min–max)")
     for ax, c in zip(axes, constraints):
         groups = {k: [r for r in g if f"g/{c}" in r.key_set] for k, g in runs_by_label.items()}
@@ -620,7 +637,7 @@ def plot_g_vs_eps(runs_by_label, colors, constraints: list[str], path: Path) -> 
 def plot_heldout_violation(runs_by_label, colors, pairs: list[tuple[str, str]],
                            path: Path) -> None:
     """Held-out (value − ε)⁺ vs step, methods overlaid, one panel per constraint × set."""
-    fig, axes = _grid(len(pairs), "Held-out violation (value − ε)⁺ (mean over seeds, "
+    fig, axes = _grid(len(pairs), "Held-out violation (value − ε)⁺\n(mean over seeds, "
                       "band = min–max)")
     for ax, (c, s) in zip(axes, pairs):
         groups = {k: [r for r in g if heldout_violation(r, c, s)[0].size]
@@ -628,6 +645,8 @@ def plot_heldout_violation(runs_by_label, colors, pairs: list[tuple[str, str]],
         groups = {k: g for k, g in groups.items() if g}
         _draw(ax, groups, colors, lambda r, c=c, s=s: heldout_violation(r, c, s), marker="o")
         ax.axhline(0.0, color="black", lw=0.8)
+        # A positive part is never below 0: keep only a sliver of axis under it.
+        ax.set_ylim(bottom=-0.05 * max(ax.get_ylim()[1], 1e-9))
         ax.set(title=f"{c} / {s}", xlabel="step (optimizer steps)",
                ylabel=f"(value − ε)⁺ ({_unit(c)})")
         ax.grid(alpha=0.3)

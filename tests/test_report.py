@@ -2,7 +2,7 @@
 
 The sweep (20 training steps, held-out eval at steps 4, 12, 20; gaps of 8 steps):
 
-| run | pref acc | refusal/id value (ε 0.2) | kl_budget/id (ε 0.05) | wall s | λ refusal | λ kl |
+| run | pref acc | refusal/id (ε 0.2) | kl_budget/id (ε 0.05) | wall s | λ refusal | λ kl |
 |---|---|---|---|---|---|---|
 | dpo s0 | 0.7 | 0.5 0.6 0.7 | 0.1 0.2 0.3 | 100 | – | – |
 | dpo s1 | 0.8 | 0.4 0.5 0.6 | 0.1 0.2 0.3 | 120 | – | – |
@@ -352,3 +352,14 @@ def test_empty_dir_is_a_one_line_error(tmp_path, capsys):
     assert err == (f"pdalign-report: error: no runs found under {tmp_path}: expected "
                    "subdirectories with metrics.jsonl (a Hydra multirun dir)\n")
     assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_runs_nested_by_a_path_override_are_found(tmp_path):
+    """Hydra's override_dirname subdir nests a run as deep as a path in an override
+    (data.train=/a/b/c.jsonl → five levels); a run's own subdirs are not searched."""
+    deep = "data.train=/a/b/c.jsonl,method=dpo,seed=0"
+    run = make_run(tmp_path, deep, method="dpo", objective="dpo", seed=0, pref=0.7,
+                   refusal=[0.5] * 3, kl=[0.1] * 3, wall=1.0)
+    (run / "checkpoints" / "x").mkdir(parents=True)
+    (run / "checkpoints" / "x" / "metrics.jsonl").write_text("{}\n")
+    assert [r.name for r in collect_runs(tmp_path)] == [deep]
