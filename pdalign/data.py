@@ -148,6 +148,17 @@ def bundled_path(name: str) -> Path:
     return path
 
 
+def source_file(source: Any) -> Path | None:
+    """The file behind a preference source (for provenance hashes), or None for a dataset."""
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        if text.startswith(BUILTIN_PREFIX):
+            return bundled_path(text[len(BUILTIN_PREFIX):])
+        if Path(text).is_file():
+            return Path(text)
+    return None
+
+
 def load_preference_rows(source: Any, columns: Mapping[str, str] | None = None,
                          skip_invalid: bool = False, split: str = "train",
                          ) -> tuple[list[PreferenceRow], Counter]:

@@ -32,6 +32,7 @@ from pdalign.logprobs import (
     reference_cache_key,
     sequence_logps,
 )
+from pdalign.manifest import write_manifest
 from pdalign.models import (
     apply_peft,
     autocast,
@@ -163,7 +164,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     from hydra.utils import instantiate
     from tqdm.auto import tqdm
 
-    from pdalign.data import PreferenceCollator, build_dataset
+    from pdalign.data import PreferenceCollator, build_dataset, source_file
     from pdalign.dual import DualState
     from pdalign.models import reference_mode
 
@@ -245,6 +246,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         with reference_mode(model, ref_model) as ref:
             log.info("calibrated from the reference: %s", rollouts.calibrate(ref))
     eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
+    if main:
+        files = [source_file(dcfg.train), source_file(dcfg.get("heldout"))]
+        files += [c.prompt_path for c in constraints if c.kind == "rollout"]
+        write_manifest(run_dir, OmegaConf.to_container(cfg, resolve=True),
+                       [f for f in files if f is not None], seed=int(cfg.seed),
+                       dtype=str(dtype).replace("torch.", ""),
+                       world_size=accelerator.num_processes)
     logger = MetricsLogger(run_dir, OmegaConf.to_container(cfg, resolve=True),
                            use_wandb=cfg.logging.wandb, project=cfg.logging.project,
                            group=cfg.logging.group, name=run_dir.name, enabled=main,

@@ -96,3 +96,21 @@ def test_run_writes_resolved_config_free_metrics_and_a_checkpoint(tmp_path):
     assert summary["dtype"] in ("float32", "bfloat16")
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "rewards/margins"} <= set(rows[0])
     json.dumps(rows)  # every value is JSON-serializable
+
+
+def test_manifest_records_hashes_versions_and_hardware(tmp_path):
+    import hashlib
+
+    from tests.conftest import FIXTURES
+
+    _run(tmp_path, "method=primal_dual", "constraints=[refusal]", "train.steps=1",
+         "train.rollout.prompts_per_rollout=2", "train.rollout.max_new_tokens=4")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    pairs = str((FIXTURES / "pairs.jsonl").resolve())
+    assert manifest["data_hashes"][pairs] == hashlib.sha256(
+        (FIXTURES / "pairs.jsonl").read_bytes()).hexdigest()
+    assert any(p.endswith("adversarial.jsonl") for p in manifest["data_hashes"])
+    assert manifest["seed"] == 0 and manifest["versions"]["torch"] == torch.__version__
+    assert manifest["hardware"]["cpu"]["model"] and manifest["config"]["method"]["name"] == (
+        "primal_dual")
+    assert manifest["dtype"] in ("float32", "bfloat16")
