@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import sys
 from pathlib import Path
 
 import hydra
@@ -20,8 +22,33 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("pdalign")
 
 
+def check_constraint_names(argv: list[str]) -> None:
+    """Fail with the list of available constraints when an override names one that has no YAML.
+
+    Hydra reports a missing multi-select entry only as "Could not load 'constraints/x'"; this
+    says what exists and how to add one.
+    """
+    available = sorted(p.stem for p in (Path(CONF_DIR) / "constraints").glob("*.yaml"))
+    for arg in argv:
+        match = re.fullmatch(r"\+?constraints=\[?([^\]]*)\]?", arg)
+        if not match:
+            continue
+        for name in filter(None, (n.strip() for n in match.group(1).split(","))):
+            if name not in available:
+                raise SystemExit(
+                    f"{arg}: unknown constraint {name!r} (no conf/constraints/{name}.yaml). "
+                    f"Available: {', '.join(available)}. To add one, drop a class in "
+                    f"constraints/ and a YAML with its _target_ in conf/constraints/.")
+
+
+def main() -> None:
+    """Console entry point (``pdalign-train``)."""
+    check_constraint_names(sys.argv[1:])
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     from pdalign.trainer import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

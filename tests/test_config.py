@@ -1,0 +1,78 @@
+"""Every shipped config composes (STYLE rule 9), and config mistakes are one clear error."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf.errors import ConfigKeyError
+
+from tests.conftest import CONF_DIR, compose
+
+CONF = Path(CONF_DIR)
+GROUPS = ["model", "data", "peft", "method", "dual", "train", "eval", "logging"]
+
+
+@pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS
+                                          for p in sorted((CONF / g).glob("*.yaml"))])
+def test_every_group_option_composes(group, option):
+    cfg = compose([f"{group}={option}"])
+    assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "constraints").glob("*.yaml")))
+def test_every_constraint_composes_under_its_own_name(name):
+    cfg = compose([f"constraints=[{name}]"])
+    assert list(cfg.constraints) == [name]
+    assert cfg.constraints[name]._target_.startswith("pdalign.constraints.")
+
+
+def test_constraints_compose_together_without_overwriting_each_other():
+    names = sorted(p.stem for p in (CONF / "constraints").glob("*.yaml"))
+    cfg = compose([f"constraints=[{','.join(names)}]"])
+    assert sorted(cfg.constraints) == names
+
+
+def test_empty_constraint_list_removes_the_key():
+    cfg = compose(["constraints=[]"])
+    assert not (cfg.get("constraints") or {})
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(name):
+    cfg = compose([f"experiment={name}"])
+    assert cfg.method.name and cfg.train.steps > 0
+
+
+def test_slurm_launcher_preset_composes():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["hydra/launcher=slurm"],
+                            return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.max_num_timeout == 2
+
+
+def test_objective_of_every_method_exists():
+    for p in (CONF / "method").glob("*.yaml"):
+        cfg = compose([f"method={p.stem}"])
+        assert cfg.method.objective in cfg.objectives, p.stem
+
+
+def test_unknown_key_is_one_clear_error():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
+        compose(["train.stepz=3"])
+    assert "stepz" in str(err.value) or "stepz" in str(err.value.__cause__)
+
+
+def test_unknown_constraint_names_the_available_ones():
+    from pdalign.train import check_constraint_names
+
+    with pytest.raises(HydraException, match="constraints/nope"):
+        compose(["constraints=[nope]"])
+    with pytest.raises(SystemExit) as err:
+        check_constraint_names(["model=tiny", "constraints=[refusal,nope]"])
+    text = str(err.value)
+    assert "unknown constraint 'nope'" in text and "kl_budget" in text and "refusal" in text
+    check_constraint_names(["constraints=[refusal,length]", "constraints=[]"])  # known: fine
