@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pdalign import checkpoint as ckpt
+from pdalign.config import check_config
 from pdalign.logging import MetricsLogger
 from pdalign.logprobs import (
     SequenceLogps,
@@ -178,6 +179,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
 
     # ---- everything that can be wrong in the config or data fails here, before the model --
+    check_config(cfg)
     objective = instantiate(cfg.objectives[cfg.method.objective])
     constraints = build_constraints(cfg) if cfg.method.constrained else []
     names = [c.name for c in constraints]

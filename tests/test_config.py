@@ -76,3 +76,28 @@ def test_unknown_constraint_names_the_available_ones():
     text = str(err.value)
     assert "unknown constraint 'nope'" in text and "kl_budget" in text and "refusal" in text
     check_constraint_names(["constraints=[refusal,length]", "constraints=[]"])  # known: fine
+
+
+def test_a_typo_inside_a_yaml_file_is_caught_with_a_suggestion():
+    from omegaconf import OmegaConf, open_dict
+
+    from pdalign.config import check_config
+
+    cfg = compose(["model=tiny"])
+    check_config(cfg)  # the shipped config is clean
+    with open_dict(cfg):
+        cfg.train.rollout = OmegaConf.merge(cfg.train.rollout, {"max_new_tokenz": 8})
+    with pytest.raises(ValueError, match=r"train\.rollout\.max_new_tokenz .*Did you mean "
+                                         r"train\.rollout\.max_new_tokens"):
+        check_config(cfg)
+
+
+def test_free_form_mappings_accept_user_keys():
+    from omegaconf import open_dict
+
+    from pdalign.config import check_config
+
+    cfg = compose(["model=tiny", "data.columns.prompt=question"])
+    with open_dict(cfg):
+        cfg.model.tiny.hidden_size = 32
+    check_config(cfg)
