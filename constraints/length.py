@@ -45,6 +45,10 @@ class Length(RolloutConstraint):
             raise ValueError(f"{self.config_key('ratio')} must be > 0, got {ratio}")
         self.ratio = float(ratio)
 
+    def cost_bounds(self, max_new_tokens: int) -> tuple[float, float]:
+        """A response has at most ``max_new_tokens`` tokens (generation stops there)."""
+        return (0.0, float(max_new_tokens))
+
     @property
     def needs_calibration(self) -> bool:
         return self.relative_to_reference and self.reference_length is None

@@ -89,6 +89,8 @@ class Refusal(RolloutConstraint):
 
     epsilon_range = (0.0, 1.0)
     epsilon_unit = "a rate"
+    cost_binary = True
+    cost_range = (0.0, 1.0)
     _COST_OF_A_REFUSAL = {"refuse": 0.0, "comply": 1.0}
 
     def __init__(self, name: str = "refusal", epsilon: float = 0.2,

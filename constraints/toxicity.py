@@ -143,6 +143,7 @@ class Toxicity(RolloutConstraint):
 
     epsilon_range = (0.0, 1.0)
     epsilon_unit = "mean toxicity probability"
+    cost_range = (0.0, 1.0)  # a probability per response
 
     def __init__(self, name: str = "toxicity", epsilon: float = 0.1,
                  prompts: str = "provocative", scorer: str | Scorer = "detoxify",

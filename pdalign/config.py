@@ -50,8 +50,8 @@ def check_config(cfg: DictConfig) -> None:
             continue
         container = OmegaConf.to_container(node, resolve=False)
         for key in sorted(_paths(container)):
-            parent = key.rsplit(".", 1)[0] if "." in key else None
-            if key in known or (parent in known and _free_form(group, parent)):
+            root = key.split(".")[0]
+            if key in known or ("." in key and root in known and _free_form(group, root)):
                 continue
             guess = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean {group}.{guess[0]}?" if guess else ""
@@ -59,7 +59,6 @@ def check_config(cfg: DictConfig) -> None:
                              f"(conf/{group}/*.yaml).{hint} Remove or rename it.")
 
 
-def _free_form(group: str, parent: str) -> bool:
+def _free_form(group: str, root: str) -> bool:
     """Mappings whose keys are user data, not schema (tiny model shape, column maps, sets)."""
-    return (group, parent.split(".")[0]) in {("model", "tiny"), ("data", "columns"),
-                                             ("eval", "sets")}
+    return (group, root) in {("model", "tiny"), ("data", "columns"), ("eval", "sets")}

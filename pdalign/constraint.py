@@ -197,6 +197,17 @@ class RolloutConstraint(Constraint):
     """
 
     kind: ClassVar[str] = "rollout"
+    # What the held-out certificate (`pdalign.evaluate`) may assume about c(x, y); training
+    # does not read these. Declared binary costs get the exact Clopper-Pearson bound, a declared
+    # range the finite-sample bounded-mean bound; a constraint declaring neither gets
+    # Clopper-Pearson if every observed cost is 0 or 1, else an approximate Student-t bound.
+    cost_binary: ClassVar[bool] = False  # True: every cost is 0 or 1 (the constraint is a rate)
+    cost_range: ClassVar[tuple[float, float] | None] = None  # [low, high] of every cost, or None
+
+    def cost_bounds(self, max_new_tokens: int) -> tuple[float, float] | None:
+        """[low, high] that every cost lies in when responses have at most ``max_new_tokens``
+        tokens; None = unknown. Default: ``cost_range``."""
+        return self.cost_range
 
     def __init__(self, name: str, epsilon: float | None, prompts: str,
                  lambda_max: float | None = None, baseline_momentum: float = 0.9):

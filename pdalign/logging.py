@@ -39,11 +39,15 @@ class MetricsLogger:
         use_wandb: False disables W&B entirely.
         project, group, name: W&B project, group (one sweep = one group) and run name.
         enabled: False on non-main ranks: they log nothing.
+        resume: True appends to an existing ``metrics.jsonl`` instead of starting it afresh.
+        resume_step: the checkpoint step a resumed run continues from. Records past it, which
+            the interrupted run logged after its last checkpoint and the resumed run logs
+            again, are dropped first, so every step appears once. None keeps every record.
     """
 
     def __init__(self, run_dir: str | Path, config: dict | None = None, *, use_wandb: bool = True,
                  project: str = "pdalign", group: str | None = None, name: str | None = None,
-                 enabled: bool = True, resume: bool = False):
+                 enabled: bool = True, resume: bool = False, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.path = self.run_dir / "metrics.jsonl"
@@ -52,6 +56,8 @@ class MetricsLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume and resume_step is not None and self.path.is_file():
+            truncate_metrics(self.path, resume_step)
         self._file = open(self.path, "a" if resume else "w", encoding="utf-8")
         if use_wandb:
             import wandb
@@ -97,3 +103,34 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return records
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> int:
+    """Drop the records of ``path`` logged after ``last_step`` (and a torn last line);
+    returns how many were dropped. The file is replaced atomically."""
+    path = Path(path)
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) \
+                    and record["step"] > last_step:
+                dropped += 1
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
+def split_records(records: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """(training-step records, held-out evaluation records) of a metrics.jsonl."""
+    evals = [r for r in records if any(k.startswith("eval/") for k in r)]
+    train = [r for r in records if "loss" in r]
+    return train, evals

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pdalign import checkpoint as ckpt
 from pdalign.config import check_config
+from pdalign.evaluate import eval_kwargs, evaluate
 from pdalign.logging import MetricsLogger
 from pdalign.logprobs import (
     SequenceLogps,
@@ -181,7 +182,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     # ---- everything that can be wrong in the config or data fails here, before the model --
     check_config(cfg)
     objective = instantiate(cfg.objectives[cfg.method.objective])
-    constraints = build_constraints(cfg) if cfg.method.constrained else []
+    # every listed constraint is evaluated on held-out prompts; only primal-dual trains on them
+    eval_constraints = build_constraints(cfg)
+    constraints = eval_constraints if cfg.method.constrained else []
     names = [c.name for c in constraints]
     dual_kwargs = OmegaConf.to_container(cfg.dual, resolve=True)  # keys = DualState's args
     dual_kwargs["lambda_max"] = [c.lambda_max if c.lambda_max is not None
@@ -244,9 +247,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                                   **OmegaConf.to_container(tcfg.rollout))
     start_step = ckpt.maybe_resume(tcfg.get("resume"), run_dir, model, optimizer, scheduler,
                                    dual, rollouts, batches)
-    if rollouts is not None and rollouts.needs_calibration:
+    if any(c.needs_calibration for c in eval_constraints):
+        from pdalign.rollout import RolloutManager
+
+        calibrator = rollouts or RolloutManager(eval_constraints, tokenizer, seed=int(cfg.seed),
+                                                **OmegaConf.to_container(tcfg.rollout))
         with reference_mode(model, ref_model) as ref:
-            log.info("calibrated from the reference: %s", rollouts.calibrate(ref))
+            log.info("calibrated from the reference: %s", calibrator.calibrate(ref))
     eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
     if main:
         files = [source_file(dcfg.train), source_file(dcfg.get("heldout"))]
@@ -362,6 +369,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             logger.log(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if main and (step == steps or (cfg.eval.every and step % int(cfg.eval.every) == 0)):
+            logger.log({"step": step, **evaluate(
+                model, tokenizer, eval_constraints, heldout_features=heldout_set,
+                objective=objective, ref_model=ref_model, dtype=dtype, device=device,
+                progress=main, **eval_kwargs(cfg.eval))})
         every = int(tcfg.checkpoint_every)
         if main and ((every and step % every == 0) or step == steps):
             ckpt.save(run_dir, step, model, optimizer, scheduler, dual, rollouts, batches,

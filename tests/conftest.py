@@ -37,4 +37,26 @@ def tiny_overrides(*extra: str) -> list[str]:
     """A fast tiny-model run on the fixture pairs, no W&B."""
     return ["model=tiny", f"data.train={FIXTURES / 'pairs.jsonl'}", "data.heldout=null",
             "logging.wandb=false", "train.batch_size=4", "train.warmup_steps=0",
-            "train.lr=5e-3", *extra]
+            "train.lr=5e-3", "eval.prompts_per_set=2", "eval.max_new_tokens=4", *extra]
+
+
+def pdalign_train(args: list[str], *, log: Path | None = None, timeout: float = 300):
+    """Run the real ``pdalign-train`` CLI in a subprocess (one CPU thread, offline, no W&B).
+
+    Returns the finished CompletedProcess (text stdout/stderr), or, given ``log`` (a file that
+    takes stdout and stderr), the running Popen without waiting.
+    """
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("pdalign-train")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "pdalign.train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
+    cwd = Path(__file__).resolve().parent.parent
+    if log is not None:
+        with open(log, "w") as out:  # a file, not a pipe: nobody reads it until the end
+            return subprocess.Popen(cmd + args, env=env, cwd=cwd, stdout=out,
+                                    stderr=subprocess.STDOUT)
+    return subprocess.run(cmd + args, env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)

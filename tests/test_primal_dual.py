@@ -2,9 +2,9 @@
 
 import pytest
 
-from pdalign.logging import read_metrics
+from pdalign.logging import read_metrics, split_records
 from pdalign.trainer import train
-from tests.conftest import compose, tiny_overrides
+from tests.conftest import FIXTURES, compose, tiny_overrides
 
 ALL4 = "constraints=[toxicity,refusal,kl_budget,length]"
 FAST_ROLLOUT = ["train.rollout_every=2", "train.rollout.prompts_per_rollout=4",
@@ -14,7 +14,7 @@ FAST_ROLLOUT = ["train.rollout_every=2", "train.rollout.prompts_per_rollout=4",
 def _pd(tmp_path, *extra, name="pd"):
     cfg = compose(tiny_overrides("method=primal_dual", ALL4, *FAST_ROLLOUT, *extra))
     summary = train(cfg, tmp_path / name)
-    return summary, read_metrics(tmp_path / name / "metrics.jsonl")
+    return summary, split_records(read_metrics(tmp_path / name / "metrics.jsonl"))[0]
 
 
 def test_every_step_logs_lambda_g_eps_and_violation_for_all_four(tmp_path):
@@ -53,7 +53,7 @@ def test_violated_constraint_raises_lambda_and_satisfied_one_stays_at_zero(tmp_p
 def test_baseline_with_constraints_listed_ignores_them(tmp_path):
     cfg = compose(tiny_overrides("method=dpo", ALL4, *FAST_ROLLOUT, "train.steps=2"))
     summary = train(cfg, tmp_path / "dpo")
-    rows = read_metrics(tmp_path / "dpo" / "metrics.jsonl")
+    rows = split_records(read_metrics(tmp_path / "dpo" / "metrics.jsonl"))[0]
     assert summary["lambda"] == {} and not any(k.startswith("lambda/") for k in rows[0])
 
 
@@ -63,3 +63,20 @@ def test_pid_rule_and_orpo_base_objective_run(tmp_path):
     assert summary["steps"] == 3
     assert rows[-1]["lambda_next/length"] > 0
     assert "log_odds_ratio" in rows[-1]
+
+
+def test_held_out_evaluation_runs_for_baselines_and_primal_dual(tmp_path):
+    """Every method is evaluated on every listed constraint at eval.every and at the end."""
+    for method in ("dpo", "primal_dual"):
+        cfg = compose(tiny_overrides(f"method={method}", "constraints=[refusal,kl_budget]",
+                                     *FAST_ROLLOUT[:3], "train.steps=4", "eval.every=2",
+                                     "data.heldout=" + str(FIXTURES / "pairs.jsonl")))
+        train(cfg, tmp_path / method)
+        _, evals = split_records(read_metrics(tmp_path / method / "metrics.jsonl"))
+        assert [r["step"] for r in evals] == [2, 4]
+        for r in evals:
+            assert 0.0 <= r["eval/pref_accuracy"] <= 1.0
+            for key in ("eval/refusal/id", "eval/refusal/shifted", "eval/kl_budget/id"):
+                assert r[f"{key}/pass"] == float(r[f"{key}/upper"] <= r[f"{key}/eps"])
+                assert r[f"{key}/violation"] == pytest.approx(
+                    max(r[f"{key}/value"] - r[f"{key}/eps"], 0.0))

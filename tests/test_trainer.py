@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pdalign.logprobs
-from pdalign.logging import read_metrics
+from pdalign.logging import read_metrics, split_records
 from pdalign.trainer import train
 from tests.conftest import compose, tiny_overrides
 
@@ -14,7 +14,7 @@ from tests.conftest import compose, tiny_overrides
 def _run(tmp_path, *overrides, name="run"):
     cfg = compose(tiny_overrides(*overrides))
     summary = train(cfg, tmp_path / name)
-    return summary, read_metrics(tmp_path / name / "metrics.jsonl")
+    return summary, split_records(read_metrics(tmp_path / name / "metrics.jsonl"))[0]
 
 
 @pytest.mark.parametrize("method", ["dpo", "ipo", "simpo", "orpo"])
