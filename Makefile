@@ -30,8 +30,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The demo: DPO vs ORPO vs primal-dual on the embedded SmolLM2-135M, then the report.
+DEMO_DIR ?= outputs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
 demo: $(STAMP)
-	$(VENV)/bin/pdalign-train experiment=quickstart
+	$(VENV)/bin/pdalign-train --multirun experiment=quickstart hydra.sweep.dir=$(DEMO_DIR)
+	$(VENV)/bin/pdalign-report $(DEMO_DIR)
+	@echo "demo done: report at $(DEMO_DIR)/report.md, plots $(DEMO_DIR)/*.png"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

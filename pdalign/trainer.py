@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pdalign import checkpoint as ckpt
 from pdalign.config import check_config
-from pdalign.evaluate import eval_kwargs, evaluate
+from pdalign.evaluate import eval_kwargs, evaluate, heldout_prompt_sets
 from pdalign.logging import MetricsLogger
 from pdalign.logprobs import (
     SequenceLogps,
@@ -256,8 +256,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             log.info("calibrated from the reference: %s", calibrator.calibrate(ref))
     eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
     if main:
+        # the same files for every method of a sweep: training data, and each listed
+        # constraint's training and held-out prompt sets
         files = [source_file(dcfg.train), source_file(dcfg.get("heldout"))]
-        files += [c.prompt_path for c in constraints if c.kind == "rollout"]
+        sets = cfg.eval.get("sets") or {}
+        for c in eval_constraints:
+            if c.kind == "rollout":
+                files.append(c.prompt_path)
+                files += [path for path, _ in heldout_prompt_sets(c, sets.get(c.name)).values()]
         write_manifest(run_dir, OmegaConf.to_container(cfg, resolve=True),
                        [f for f in files if f is not None], seed=int(cfg.seed),
                        dtype=str(dtype).replace("torch.", ""),
@@ -274,7 +280,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         model.train()
         if rollouts is not None:
-            rollouts.maybe_sample(model, step, device=device)
+            with autocast(dtype, device.type):
+                rollouts.maybe_sample(model, step, device=device)
         g_sum = torch.zeros(len(constraints), dtype=torch.float64)
         sums: dict[str, float] = {}
         tokens, finite = 0, True
