@@ -1,7 +1,9 @@
 """Atomic checkpoints: weights, optimizer, scheduler, DualState, rollout state, RNG, step.
 
 A checkpoint is written into a hidden temp directory and renamed to ``checkpoints/step-N``
-only when complete, so a crash mid-write never leaves a directory a resume would trust.
+only when complete, so a crash mid-write never leaves a directory a resume would trust: a
+``step-N`` counts only when it holds ``trainer_state.pt`` (written last), and a ``.step-*`` temp
+directory left by a killed writer is never read and is removed by the next `save`.
 ``keep_last`` rotates old ones out.
 """
 
@@ -40,21 +42,31 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.glob("step-*") if (p / _STATE).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+    done = [p for p in root.glob("step-*")
+            if p.name[len("step-"):].isdigit() and (p / _STATE).is_file()]
+    return sorted(done, key=lambda p: int(p.name[len("step-"):]))
 
 
 def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, batches,
          keep_last: int = 2) -> Path:
     """Write ``checkpoints/step-<step>`` atomically and drop all but the newest ``keep_last``."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # Temp dirs of a writer that was killed mid-save: never complete, never resumed from.
+        # One process writes a run's checkpoints (the main rank), so none of these is live.
+        for stale in root.glob(".step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
+    except OSError as err:
+        raise _save_error(step, root, err) from err
     try:
         model.save_pretrained(tmp / "model")
+        # trainer_state.pt is written last: its presence marks a complete checkpoint.
         torch.save({"step": step, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "dual": dual.state_dict(),
-                    "rollouts": rollouts.state_dict() if rollouts is not None else None, "data": batches.state_dict(), "rng": _rng_state()},
+                    "rollouts": rollouts.state_dict() if rollouts is not None else None,
+                    "data": batches.state_dict(), "rng": _rng_state()},
                    tmp / _STATE)
         target = root / f"step-{step}"
         if target.exists():
@@ -62,9 +74,7 @@ def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, batche
         os.replace(tmp, target)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(f"writing checkpoint step-{step} in {root} failed ({err}); nothing was "
-                      f"left half-written. Free disk space or point the run dir elsewhere "
-                      f"(hydra.run.dir=...)") from err
+        raise _save_error(step, root, err) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -73,22 +83,54 @@ def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, batche
     return target
 
 
+def _save_error(step: int, root: Path, err: OSError) -> OSError:
+    return OSError(f"writing checkpoint step-{step} in {root} failed ({err}); nothing was left "
+                   f"half-written. Free disk space, lower train.keep_last, or point the run dir "
+                   f"elsewhere (hydra.run.dir=...)")
+
+
+def resume_path(resume, run_dir) -> Path | None:
+    """The checkpoint ``train.resume`` names, checked without loading anything.
+
+    Cheap, so the trainer can call it with the other config checks, before any model loads.
+
+    Args:
+        resume: None/empty (start fresh), ``auto`` (the newest complete checkpoint in
+            ``run_dir``, or a fresh start when there is none) or a ``step-N`` directory.
+        run_dir: the run's directory.
+    Returns the checkpoint directory, or None to start fresh. Raises FileNotFoundError naming
+    ``train.resume`` and what to pass instead when a given path is not a complete checkpoint.
+    """
+    if not resume:
+        return None
+    if str(resume) == "auto":
+        found = checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(str(resume)).expanduser()
+    if (path / _STATE).is_file():
+        return path
+    # A run dir or its checkpoints/ dir is a likely slip: name the checkpoint the user meant.
+    run = path.parent.parent if path.name.startswith("step-") else path
+    found = checkpoints(run) or (checkpoints(path.parent) if path.name == "checkpoints" else [])
+    if not path.exists():
+        problem = "no such directory"
+    elif path.is_dir() and (path / "model").is_dir():
+        problem = f"an incomplete checkpoint (no {_STATE}: its save was interrupted)"
+    else:
+        problem = f"not a checkpoint directory (no {_STATE})"
+    hint = (f"train.resume={found[-1]} (the newest complete one there)" if found else
+            "train.resume=auto to continue the newest complete checkpoint in the run dir, or "
+            "a checkpoints/step-N directory")
+    raise FileNotFoundError(f"train.resume={resume}: {problem}. Use {hint}")
+
+
 def maybe_resume(resume, run_dir, model, optimizer, scheduler, dual, rollouts, batches) -> int:
     """Restore state from ``resume`` (``auto`` = newest complete checkpoint in ``run_dir``,
-    or a checkpoint path); return the step to continue from (0 when starting fresh)."""
-    if not resume:
+    or a checkpoint path, see `resume_path`); return the step to continue from (0 when
+    starting fresh)."""
+    path = resume_path(resume, run_dir)
+    if path is None:
         return 0
-    if resume == "auto":
-        found = checkpoints(run_dir)
-        if not found:
-            return 0
-        path = found[-1]
-    else:
-        path = Path(resume)
-        if not (path / _STATE).is_file():
-            raise FileNotFoundError(f"train.resume={resume}: no complete checkpoint there "
-                                    f"(missing {_STATE}); use train.resume=auto or a "
-                                    f"checkpoints/step-N directory")
     state = torch.load(path / _STATE, weights_only=False)
     _load_weights(model, path / "model")
     optimizer.load_state_dict(state["optimizer"])

@@ -161,6 +161,7 @@ def source_file(source: Any) -> Path | None:
 
 def load_preference_rows(source: Any, columns: Mapping[str, str] | None = None,
                          skip_invalid: bool = False, split: str = "train",
+                         config_key: str = "data.train",
                          ) -> tuple[list[PreferenceRow], Counter]:
     """Read and validate every row of a preference source.
 
@@ -172,14 +173,16 @@ def load_preference_rows(source: Any, columns: Mapping[str, str] | None = None,
         skip_invalid: drop bad rows and count them per reason instead of raising on the
             first one. Default False.
         split: the split to take from a ``DatasetDict`` or ``load_dataset``. Default "train".
+        config_key: the config key that named ``source``, for error messages. Default
+            ``data.train``.
     Returns (rows, skipped): the valid rows in source order and a Counter of dropped rows
     per `REASONS` key (empty unless ``skip_invalid``).
     """
     mapping = _column_mapping(columns)
-    name, records = _read_records(source, split)
+    name, records = _read_records(source, split, config_key)
     if not records:
         raise PreferenceDataError("contains no rows", source=name,
-                                  fix="point data.path at a non-empty preference file")
+                                  fix=f"point {config_key} at a non-empty preference file")
     rows: list[PreferenceRow] = []
     skipped: Counter = Counter()
     first_error: PreferenceDataError | None = None
@@ -205,7 +208,8 @@ def _column_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
     return mapping
 
 
-def _read_records(source: Any, split: str) -> tuple[str, list[tuple[str, Any]]]:
+def _read_records(source: Any, split: str, config_key: str = "data.train",
+                  ) -> tuple[str, list[tuple[str, Any]]]:
     """(source name, [(location, record)]); an unreadable JSONL line is an error record."""
     if not isinstance(source, (str, Path)):
         return _dataset_records(source, split, name=None)
@@ -217,9 +221,9 @@ def _read_records(source: Any, split: str) -> tuple[str, list[tuple[str, Any]]]:
         return _file_records(path)
     if path.suffix in (".jsonl", ".json", ".parquet"):
         raise PreferenceDataError("file not found", source=str(path),
-                                  fix="check data.path (relative paths start at the run's "
-                                      "working directory; Hydra changes it unless "
-                                      "hydra.job.chdir=false)")
+                                  fix=f"check {config_key} (relative paths start at the "
+                                      f"run's working directory; Hydra changes it unless "
+                                      f"hydra.job.chdir=false)")
     import datasets  # slow to import; only a hub name or data directory needs it
 
     try:
@@ -227,8 +231,9 @@ def _read_records(source: Any, split: str) -> tuple[str, list[tuple[str, Any]]]:
     except Exception as err:  # offline, unknown name, bad split: one message either way
         raise PreferenceDataError(
             f"datasets.load_dataset could not load it ({type(err).__name__}: {err})",
-            source=text, fix="give a .jsonl/.json/.parquet path, or a hub dataset id that is "
-                             "cached locally, and a split that exists") from err
+            source=text, fix=f"set {config_key} to a .jsonl/.json/.parquet path, or a hub "
+                             f"dataset id that is cached locally, and a split that exists",
+        ) from err
     return _dataset_records(loaded, split, name=f"{text} [{split}]")
 
 
@@ -638,10 +643,11 @@ def build_dataset(tokenizer, source: Any, *, heldout: Any = None, heldout_fracti
     """
     if heldout is not None and heldout_fraction:
         raise ValueError("set either data.heldout (a file) or data.heldout_fraction, not both")
-    rows, skipped = load_preference_rows(source, columns, skip_invalid, split)
+    rows, skipped = load_preference_rows(source, columns, skip_invalid, split, "data.train")
     held_rows: list[PreferenceRow] = []
     if heldout is not None:
-        held_rows, held_skipped = load_preference_rows(heldout, columns, skip_invalid, split)
+        held_rows, held_skipped = load_preference_rows(heldout, columns, skip_invalid, split,
+                                                       "data.heldout")
         skipped += held_skipped
     elif heldout_fraction:
         rows, held_rows = split_heldout(rows, heldout_fraction, seed)

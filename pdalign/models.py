@@ -124,8 +124,9 @@ def load_tokenizer(name_or_path: str):
     """Tokenizer for a model source; pads on the right and always has a pad token."""
     from transformers import AutoTokenizer
 
+    source = _source(name_or_path)  # its own clear error; not wrapped in the offline hint
     try:
-        tokenizer = AutoTokenizer.from_pretrained(_source(name_or_path))
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
         raise _offline_hint(name_or_path, err) from err
     if tokenizer.pad_token is None:
@@ -186,8 +187,9 @@ def load_model(name_or_path: str, *, tiny: dict | None = None, quantization: Any
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["dtype"] = quantization.bnb_4bit_compute_dtype
+    source = _source(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(_source(name_or_path), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
         raise _offline_hint(name_or_path, err) from err
     return model, tokenizer

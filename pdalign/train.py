@@ -16,7 +16,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("pdalign")
@@ -51,13 +52,19 @@ def main() -> None:
 def _hydra_main(cfg: DictConfig) -> float:
     from pdalign.trainer import train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if cfg.logging.group is None and hydra_cfg.mode == RunMode.MULTIRUN:
+        with open_dict(cfg):  # one sweep = one W&B group
+            cfg.logging.group = Path(hydra_cfg.sweep.dir).name
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     summary = train(cfg, run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("run finished: %s", json.dumps(summary))
     print(f"run dir: {run_dir}")
-    return float(summary.get("final_loss", 0.0))
+    # None when no step ran (train.steps=0, or resuming a finished run); sweepers get NaN
+    final = summary.get("final_loss")
+    return float("nan") if final is None else float(final)
 
 
 if __name__ == "__main__":

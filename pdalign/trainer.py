@@ -86,10 +86,21 @@ def build_constraints(cfg: DictConfig) -> list:
             raise ValueError(f"constraints.{key} has no _target_; each entry of conf/constraints/ "
                              f"must name its class, e.g. _target_: pdalign.constraints.length.Length")
         try:
-            built.append(instantiate(node))
-        except Exception as err:  # hydra wraps import errors; surface one clear line
+            # an entry without a name takes its key's, so errors and logs say the same thing
+            built.append(instantiate(node) if "name" in node else instantiate(node, name=key))
+        except Exception as err:  # hydra wraps import and constructor errors: one clear line
             cause = err.__cause__ or err
-            raise ValueError(f"constraints.{key}: {cause}") from err
+            if isinstance(cause, ImportError):
+                reason = cause.__cause__ or cause
+                raise ValueError(
+                    f"constraints.{key}._target_={node._target_} cannot be imported "
+                    f"({type(reason).__name__}: {str(reason).splitlines()[0]}). Put the class "
+                    f"in constraints/<file>.py and name it pdalign.constraints.<file>.<Class>, "
+                    f"or fix the dotted path") from err
+            message = str(cause)
+            if not message.startswith(f"constraints.{key}"):
+                message = f"constraints.{key}: {message}"
+            raise ValueError(message) from err
     return built
 
 
@@ -201,6 +212,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     log.info("data: %d train pairs, %d held-out, skipped %s", len(train_set), len(heldout_set),
              dict(skipped) or "none")
     log.info("precision: %s on %s (train.dtype=%s)", dtype, device, tcfg.dtype)
+    need = int(tcfg.batch_size) * accelerator.num_processes
+    if len(train_set) < need:
+        raise ValueError(
+            f"data.train has {len(train_set)} usable pairs, fewer than one batch "
+            f"(train.batch_size={int(tcfg.batch_size)} x {accelerator.num_processes} processes; "
+            f"the loader drops a ragged last batch). Lower train.batch_size or add pairs")
+    ckpt.resume_path(tcfg.get("resume"), run_dir)  # a bad train.resume fails before the model
 
     # ---- model, reference, optimizer, rollouts ---------------------------------------------
     model, _ = load_model(cfg.model.name_or_path, tiny=cfg.model.get("tiny"),
@@ -271,11 +289,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     logger = MetricsLogger(run_dir, OmegaConf.to_container(cfg, resolve=True),
                            use_wandb=cfg.logging.wandb, project=cfg.logging.project,
                            group=cfg.logging.group, name=run_dir.name, enabled=main,
-                           resume=start_step > 0)
+                           resume=start_step > 0, resume_step=start_step)
 
     # ---- the loop ----------------------------------------------------------------------
     bar = tqdm(total=steps, initial=start_step, desc=f"train {cfg.method.name}", disable=not main)
     step, nonfinite, warned, t_start = start_step, 0, set(), time.perf_counter()
+    record: dict[str, Any] = {}
     while step < steps:
         t0 = time.perf_counter()
         model.train()
@@ -327,11 +346,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 sums[k] = sums.get(k, 0.0) + v / accum
             tokens += int(mask.sum())
 
+        grad_norm = (accelerator.clip_grad_norm_(params, tcfg.max_grad_norm)
+                     if finite and tcfg.max_grad_norm else None)
+        if grad_norm is not None and not torch.isfinite(grad_norm):
+            finite = False  # a finite loss with overflowing gradients: skip it the same way
         if not finite:  # skip the whole step: no primal update, no dual update
             optimizer.zero_grad(set_to_none=True)
             nonfinite += 1
-            log.warning("step %d: non-finite loss or constraint estimate; step skipped "
-                        "(%d in a row)", step + 1, nonfinite)
+            log.warning("step %d: non-finite loss, gradient or constraint estimate; step "
+                        "skipped (%d in a row)", step + 1, nonfinite)
             logger.log({"step": step + 1, "skipped_nonfinite": 1})
             if nonfinite >= int(tcfg.max_nonfinite_steps):
                 raise FloatingPointError(
@@ -340,10 +363,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     f"(try train.dtype=fp32)")
             step += 1
             bar.update(1)
+            if main and step == steps:
+                ckpt.save(run_dir, step, model, optimizer, scheduler, dual, rollouts, batches,
+                          keep_last=int(tcfg.keep_last))
             continue
         nonfinite = 0
-        grad_norm = (accelerator.clip_grad_norm_(params, tcfg.max_grad_norm)
-                     if tcfg.max_grad_norm else torch.tensor(float("nan")))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -369,7 +393,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                                 names[i], float(dual.lam[i]))
         dt = time.perf_counter() - t0
         record.update(sums)
-        record.update({"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+        record.update({"lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
                        "step_time_s": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0})
         step += 1
         if step % int(cfg.logging.every) == 0 or step == steps:
