@@ -1,0 +1,118 @@
+"""experiments/bench_step.py end to end on the tiny model: one round, one step, the JSON schema.
+
+The numbers of a tiny run mean nothing; what is checked is that the harness runs each trainer in
+its own process, reads their step times, and writes bench.json/bench.md with the documented keys
+(and only into the --out it was given).
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "experiments" / "bench_step.py"
+RATIOS = {"dpo_time_vs_trl", "orpo_time_vs_trl", "dpo_peak_rss_vs_trl",
+          "primal_dual_time_vs_dpo", "dpo_time_vs_floor", "orpo_time_vs_floor"}
+SETTINGS = {"model", "n_params", "tokens_per_step", "dtype", "threads", "cpu", "matmul_tflops"}
+
+
+def _load_bench():
+    if "bench_step" not in sys.modules:  # dataclasses look their module up in sys.modules
+        spec = importlib.util.spec_from_file_location("bench_step", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_step"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["bench_step"]
+
+
+def test_fixed_rows_are_exactly_seq_len_tokens(tokenizer, tmp_path):
+    bench = _load_bench()
+    rows = bench.fixed_rows(tokenizer, 6, 120)
+    path = bench.write_jsonl(rows, tmp_path / "rows.jsonl")
+    assert bench.real_tokens(tokenizer, path) == [240] * 6  # chosen 120 + rejected 120
+    assert all(r["chosen"] != r["rejected"] for r in rows)
+
+
+def test_matmul_params_counts_a_tied_head_once_as_matmul():
+    """N = non-embedding params + the LM head: for a tied tiny Llama that is every parameter."""
+    from pdalign.models import build_tiny
+
+    bench = _load_bench()
+    model = build_tiny(100, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                       intermediate_size=32)
+    total = sum(p.numel() for p in model.parameters())
+    assert bench.matmul_params(model) == total
+    untied = build_tiny(100, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                        intermediate_size=32, tie_word_embeddings=False)
+    total = sum(p.numel() for p in untied.parameters())
+    assert bench.matmul_params(untied) == total - 100 * 16  # the input embedding is no matmul
+
+
+def test_tiny_run_writes_the_documented_schema(tmp_path):
+    out = tmp_path / "out"
+    # dpo + trl_dpo keep it short (each trainer is a fresh interpreter); without TRL installed
+    # the TRL row is skipped with a note, not a crash.
+    cmd = [sys.executable, str(SCRIPT), "--model", "tiny", "--rounds", "1", "--steps", "1",
+           "--warmup", "1", "--threads", "1", "--only", "dpo,trl_dpo", "--gemm", "512",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "bench.json").read_text())
+    assert set(data["ratios"]) == RATIOS
+    assert set(data["floor_s"]) == {"dpo", "orpo"} and all(v > 0 for v in data["floor_s"].values())
+    assert SETTINGS <= set(data["settings"])
+    s = data["settings"]
+    assert s["model"] == "tiny" and s["tokens_per_step"] == 2 * 4 * 160 and s["threads"] == 1
+    assert s["dtype"] in ("float32", "bfloat16") and s["matmul_tflops"] > 0 and s["n_params"] > 0
+    assert {"model", "capabilities"} <= set(s["cpu"])
+    rows = {r["trainer"]: r for r in data["rows"]}
+    dpo = rows["dpo"]
+    assert dpo["error"] is None and dpo["s_per_step"] > 0 and dpo["peak_rss_mb"] > 0
+    assert math.isclose(dpo["time_vs_floor"], dpo["s_per_step"] / data["floor_s"]["dpo"])
+    assert math.isclose(data["ratios"]["dpo_time_vs_floor"], dpo["time_vs_floor"])
+    if importlib.util.find_spec("trl") is not None:
+        assert rows["trl_dpo"]["error"] is None, rows["trl_dpo"]["error"]
+        assert data["ratios"]["dpo_time_vs_trl"] > 0 and data["ratios"]["dpo_peak_rss_vs_trl"] > 0
+    else:
+        assert "trl_dpo" not in rows and any("TRL" in n for n in data["run"]["notes"])
+    assert data["ratios"]["orpo_time_vs_trl"] is None  # not run: null, never a made-up number
+    assert set(data["targets"]) == RATIOS
+    md = (out / "bench.md").read_text()
+    assert s["cpu"]["model"] in md.splitlines()[2]  # the machine is named at the top
+    assert "| dpo | fixed |" in md
+
+
+def test_without_trl_the_trl_rows_are_skipped_with_a_note(tmp_path, monkeypatch):
+    import torch
+
+    bench = _load_bench()
+    monkeypatch.setattr(bench, "trl_available", lambda: False)
+    threads = torch.get_num_threads()
+    try:
+        data = bench.main(["--model", "tiny", "--only", "trl_dpo,trl_orpo", "--rounds", "1",
+                           "--steps", "1", "--threads", "1", "--gemm", "256",
+                           "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert data["rows"] == [] and all(v is None for v in data["ratios"].values())
+    assert any("TRL is not installed" in n for n in data["run"]["notes"])
+    assert json.loads((tmp_path / "bench.json").read_text())["ratios"] == data["ratios"]
+
+
+def test_tiny_refuses_to_write_the_published_results():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--out",
+                           str(ROOT / "experiments" / "results")], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "must not write" in proc.stderr
+
+
+@pytest.mark.parametrize("bad", [["--only", "dpo,nope"], ["--steps", "0"]])
+def test_bad_arguments_fail_before_any_work(bad):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *bad], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode != 0
