@@ -156,6 +156,9 @@ def simpo_loss(
     return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
 
 
+_ORPO_LOGP_CAP = 1e-6  # mean log-probs are clamped to <= -1e-6 (see orpo_loss)
+
+
 def _log1mexp(x: Tensor) -> Tensor:
     """log(1 - exp(x)) for x < 0, accurate on both sides of -ln 2 (Maechler 2012).
 
@@ -200,11 +203,12 @@ def orpo_loss(
     c = policy_chosen_logps.to(work)
     r = policy_rejected_logps.to(work)
     # A mean log-prob can round to exactly 0 (every token certain, or bf16 rounding), where
-    # log(1 - exp(0)) = -inf. Clamping to -tiny (smallest normal of the working dtype) caps
-    # the log-odds at about -log(tiny) (87 in fp32) and keeps the gradient finite.
-    tiny = torch.finfo(work).tiny
-    c = c.clamp(max=-tiny)
-    r = r.clamp(max=-tiny)
+    # log(1 - exp(0)) = -inf, and near 0 d log-odds / d logp ~ 1/|logp|. Clamping at -1e-6
+    # caps the log-odds at log((1 - 1e-6) / 1e-6) = 13.8 and the gradient at ~1e6 * beta;
+    # clamping at -finfo.tiny instead (1.2e-38) let beta/|logp| overflow fp32 to inf
+    # (found by the hypothesis property test at logp = -1.17549e-38, beta = 8).
+    c = c.clamp(max=-_ORPO_LOGP_CAP)
+    r = r.clamp(max=-_ORPO_LOGP_CAP)
     log_odds_ratio = (c - _log1mexp(c)) - (r - _log1mexp(r))  # (B,)
     or_losses = -beta * F.logsigmoid(log_odds_ratio)
     return or_losses.to(out_dtype), log_odds_ratio.detach().to(out_dtype)
@@ -290,6 +294,20 @@ def _check_weight(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
+def _finish(losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor,
+            out: dict[str, Tensor], nll_weight: float) -> tuple[Tensor, dict[str, float]]:
+    """Add the optional RPO-style NLL term (weight alpha) and build the metrics dict."""
+    extra = {}
+    if nll_weight > 0:
+        nll = nll_loss(out["chosen_logps"], out["chosen_n_tokens"])  # (B,)
+        losses = losses + nll_weight * nll
+        extra["nll"] = nll
+    metrics = preference_metrics(
+        chosen_rewards, rejected_rewards, out["chosen_logps"], out["rejected_logps"], extra
+    )
+    return losses, metrics
+
+
 @dataclass(frozen=True)
 class DPO:
     """DPO / IPO / SLiC-hinge objective over the ``out`` dict, plus an optional RPO NLL term.
@@ -340,15 +358,7 @@ class DPO:
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             *logps, self.beta, self.loss_type, self.label_smoothing
         )
-        extra = {}
-        if self.nll_weight > 0:
-            nll = nll_loss(out["chosen_logps"], out["chosen_n_tokens"])  # (B,)
-            losses = losses + self.nll_weight * nll
-            extra["nll"] = nll
-        metrics = preference_metrics(
-            chosen_rewards, rejected_rewards, out["chosen_logps"], out["rejected_logps"], extra
-        )
-        return losses, metrics
+        return _finish(losses, chosen_rewards, rejected_rewards, out, self.nll_weight)
 
 
 @dataclass(frozen=True)
@@ -383,15 +393,7 @@ class SimPO:
         losses, chosen_rewards, rejected_rewards = simpo_loss(
             chosen, rejected, self.beta, self.gamma
         )
-        extra = {}
-        if self.nll_weight > 0:
-            nll = nll_loss(out["chosen_logps"], out["chosen_n_tokens"])
-            losses = losses + self.nll_weight * nll
-            extra["nll"] = nll
-        metrics = preference_metrics(
-            chosen_rewards, rejected_rewards, out["chosen_logps"], out["rejected_logps"], extra
-        )
-        return losses, metrics
+        return _finish(losses, chosen_rewards, rejected_rewards, out, self.nll_weight)
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,17 @@ def test_orpo_finite_near_zero_and_far(dtype, logp):
     assert torch.isfinite(c.grad).all() and torch.isfinite(r.grad).all()
 
 
+@pytest.mark.parametrize("beta", [0.1, 8.0, 10.0])
+def test_orpo_gradient_finite_at_minus_tiny_with_large_beta(beta):
+    """Regression: hypothesis found r = -1.17549e-38 (-finfo.tiny), beta = 8 gave an inf grad
+    (d log-odds / d logp ~ 1/|logp| times beta overflows fp32); the -1e-6 clamp keeps it
+    finite."""
+    c = torch.tensor([0.0], requires_grad=True)
+    r = torch.tensor([-torch.finfo(torch.float32).tiny], requires_grad=True)
+    orpo_loss(c, r, beta)[0].sum().backward()
+    assert torch.isfinite(c.grad).all() and torch.isfinite(r.grad).all()
+
+
 def test_nll_hand_value():
     """sum of token log-probs -6 over 3 tokens -> mean NLL 6/3 = 2; 0 tokens is clamped to 1."""
     assert nll_loss(t(-6.0, -1.5), t(3.0, 0.0)).tolist() == [2.0, 1.5]
