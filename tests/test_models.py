@@ -1,7 +1,5 @@
 """Model loading: embedded GGUF -> cached directory, tiny model, dtype rule, LoRA and QLoRA."""
 
-import os
-
 import pytest
 import torch
 
@@ -108,7 +106,6 @@ def test_qlora_failure_names_peft_lora(monkeypatch):
         models.bnb_4bit_config()
 
 
-@pytest.mark.skipif(not os.environ.get("PDALIGN_CACHE"), reason="needs the embedded cache")
 def test_embedded_chat_template_round_trip():
     tok = models.load_tokenizer(EMBEDDED)
     ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
