@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_SILENT ?= true
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo lint clean-cache
+.PHONY: install test test-all demo paper lint clean-cache
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ demo: $(STAMP)
 	$(VENV)/bin/pdalign-train --multirun experiment=quickstart hydra.sweep.dir=$(DEMO_DIR)
 	$(VENV)/bin/pdalign-report $(DEMO_DIR)
 	@echo "demo done: report at $(DEMO_DIR)/report.md, plots $(DEMO_DIR)/*.png"
+
+# Regenerate paper/paper.md from experiments/results/ (no hand-typed numbers).
+paper: $(STAMP)
+	$(PY) paper/build.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
