@@ -4,8 +4,9 @@ One function, `train`, reads top to bottom. Baselines (``method.constrained: fal
 same loop with no constraint terms and no dual step, so "DPO vs primal-dual" differs by exactly
 the Lagrangian terms. A step of the primal-dual method:
 
-1. one forward over [chosen ; rejected ; rollout samples] (the reference pass on the pairs
-   only, adapter disabled), giving L_pref, each constraint's estimate g_i and surrogate s_i;
+1. one forward over [chosen ; rejected] (plus the reference pass, adapter disabled) and one
+   over the current rollout samples (joined into the first under DDP), giving L_pref, each
+   constraint's estimate g_i and surrogate s_i;
 2. loss = L_pref + sum_i lambda_i * (s_i - eps_i) -> backward -> optimizer step;
 3. in the same iteration, from the same g_i (mean-all-reduced across ranks, so lambda is
    identical everywhere): lambda <- DualState.update(g, eps).
@@ -255,6 +256,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     policy, optimizer, loader, scheduler = accelerator.prepare(
         PolicyForward(model, ref_model), optimizer, loader, scheduler)
     batches = BatchStream(loader, generator)
+    # One process: rollout rows get a forward of their own at their own width (~half the
+    # pairs' here) instead of being padded to the pairs' width. Under DDP one forward per
+    # backward is required, so they share the pairs' forward there.
+    shared_forward = accelerator.num_processes > 1
     rollouts = None
     if any(c.kind == "rollout" for c in constraints):
         from pdalign.rollout import RolloutManager
@@ -309,7 +314,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             b = batch["index"].shape[0]
             ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
             ro = rollouts.rows(device) if rollouts is not None else None
-            if ro is not None:  # rollout samples share the policy forward with the pairs
+            if ro is not None and shared_forward:  # rollout rows join the pairs' forward
                 ids = _pad_cat(ids, ro["input_ids"], tokenizer.pad_token_id)
                 mask = _pad_cat(mask, ro["attention_mask"], 0)
                 labels = _pad_cat(labels, ro["labels"], -100)
@@ -330,7 +335,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     est = {c.name: c.estimate(batch_out) for c in constraints
                            if c.kind == "batch"}
                     if ro is not None:
-                        est.update(rollouts.estimates(out["logps"][2 * b:], step))
+                        ro_logps = (out["logps"][2 * b:] if shared_forward else policy(
+                            ro["input_ids"], ro["attention_mask"], ro["labels"])["logps"])
+                        est.update(rollouts.estimates(ro_logps, step))
+                        tokens += 0 if shared_forward else int(ro["attention_mask"].sum())
                     # primal: the Lagrangian with this step's lambda (constant in theta)
                     lam = dual.lam.to(device=loss.device, dtype=torch.float32)
                     for i, c in enumerate(constraints):
