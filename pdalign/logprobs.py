@@ -22,8 +22,9 @@ from torch.utils.checkpoint import checkpoint
 
 from pdalign.models import has_adapter, reference_mode
 
-# One fp32 (chunk, V) buffer is kept near 64 MiB: 341 tokens for V = 49152.
-_CHUNK_ELEMENTS = 1 << 24
+# One fp32 (chunk, V) buffer is kept near 16 MiB: 85 tokens for V = 49152 (the chunk's ~6
+# buffers are alive on top of every saved activation, so they set the step's peak).
+_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -144,7 +145,7 @@ def token_logprobs(h, weight, targets, h_ref=None, chunk: int | None = None):
         weight: (V, H) LM head (output embedding) weight.
         targets: (M,) next-token ids.
         h_ref: (M, H) reference hidden states (detached) or None.
-        chunk: tokens per LM-head chunk; default keeps one (chunk, V) fp32 buffer ~64 MiB.
+        chunk: tokens per LM-head chunk; default keeps one (chunk, V) fp32 buffer ~16 MiB.
     Returns (logp (M,), ref_logp (M,) or None, kl (M,) or None).
     """
     chunk = chunk or _chunk_size(weight.shape[0])
