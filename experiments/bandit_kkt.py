@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pdalign.atomic import write_text
 from pdalign.dual import DualState
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -183,16 +182,6 @@ def plot(summary: dict, traces: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true",
@@ -202,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     summary, traces = run_bandit(args.iters)
     if not args.json:
         plot(summary, traces, RESULTS / "bandit_lambda.png")
-        _write_json_atomic(summary, RESULTS / "bandit_kkt.json")
+        write_text(RESULTS / "bandit_kkt.json", json.dumps(summary, indent=2) + "\n")
         for name in RULES:
             print(f"{name:9s} lambda_final={summary['lambda_final'][name]:.6f} "
                   f"E[c]={summary['expected_cost_final'][name]:.6f}")

@@ -67,6 +67,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pdalign.atomic import write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
 CONF_DIR = ROOT / "conf"
@@ -613,14 +615,6 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 # ---- the run ---------------------------------------------------------------------------------
 
 def trl_available() -> bool:
@@ -808,8 +802,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": vers,
                 "notes": notes},
     }
-    write_atomic(out / "bench.json", json.dumps(payload, indent=2) + "\n")
-    write_atomic(out / "bench.md", markdown(payload))
+    write_text(out / "bench.json", json.dumps(payload, indent=2) + "\n")
+    write_text(out / "bench.md", markdown(payload))
     if not args.keep_work:
         import shutil
 

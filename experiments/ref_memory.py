@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from pdalign.atomic import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("adapter_disabled", "frozen_copy")
@@ -94,13 +94,8 @@ def main(argv=None) -> dict:
     md += ["", f"Adapter-disabled reference peaks at {result['peak_rss_ratio_adapter_vs_copy']:.2f}x "
            f"the frozen copy's RSS ({result['saved_mb']:.0f} MB less)."]
     out = Path(args.out) if args.out else RESULTS
-    out.mkdir(parents=True, exist_ok=True)
-    for fname, text in (("ref_memory.json", json.dumps(result, indent=2)),
-                        ("ref_memory.md", "\n".join(md) + "\n")):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, out / fname)
+    write_text(out / "ref_memory.json", json.dumps(result, indent=2))
+    write_text(out / "ref_memory.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return result
 

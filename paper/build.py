@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from pdalign.atomic import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -63,10 +63,7 @@ def render(template: str, table: dict[str, str]) -> str:
 def build(out: Path | None = None, results: Path = RESULTS) -> Path:
     out = out or ROOT / "paper" / "paper.md"
     text = render((ROOT / "paper" / "paper_template.md").read_text(), values(results))
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".paper-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, out)
+    write_text(out, text)
     return out
 
 

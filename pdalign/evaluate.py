@@ -47,10 +47,8 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -58,6 +56,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from pdalign.atomic import atomic_open
 from pdalign.constraint import Constraint, bundled_prompts_dir, load_prompts, resolve_prompts
 from pdalign.data import collate
 from pdalign.logprobs import SequenceLogps, sequence_logps
@@ -681,15 +680,8 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
             return [clean(x) for x in v]
         return v
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(clean(payload), f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        json.dump(clean(payload), f, indent=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

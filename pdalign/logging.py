@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pdalign.atomic import write_text
+
 
 def _wandb_has_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -123,9 +125,7 @@ def truncate_metrics(path: str | Path, last_step: int) -> int:
                 continue
             kept.append(line if line.endswith("\n") else line + "\n")
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, "".join(kept))
     return dropped
 
 

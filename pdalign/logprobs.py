@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from pdalign.atomic import atomic_open
 from pdalign.models import has_adapter, reference_mode
 
 # One fp32 (chunk, V) buffer is kept near 16 MiB: 85 tokens for V = 49152 (the chunk's ~6
@@ -263,8 +264,6 @@ def precompute_reference(model, features: list[dict], collate_fn, cache_path, *,
         cache_path: file for this key (see `reference_cache_key`).
     Returns new feature dicts (the inputs are not modified).
     """
-    import os
-    import tempfile
     from pathlib import Path
 
     cache_path = Path(cache_path)
@@ -283,11 +282,8 @@ def precompute_reference(model, features: list[dict], collate_fn, cache_path, *,
                                     batch["labels"].to(device), ref_model=ref_model).float().cpu()
             rows.append(torch.stack([logps[:b], logps[b:]], dim=1))
         table = torch.cat(rows)
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="tmp-ref-", suffix=".pt", dir=cache_path.parent)
-        os.close(fd)
-        torch.save(table, tmp)
-        os.replace(tmp, cache_path)
+        with atomic_open(cache_path, "wb") as fh:
+            torch.save(table, fh)
     if table.shape != (len(features), 2):
         raise ValueError(f"reference cache {cache_path} holds {tuple(table.shape)} values for "
                          f"{len(features)} pairs; delete it to recompute")

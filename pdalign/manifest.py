@@ -12,12 +12,14 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from pdalign.atomic import write_text
+from pdalign.models import cpu_flags
 
 PACKAGES = ("pdalign", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets",
             "hydra-core", "wandb", "detoxify", "alt-profanity-check", "trl")
@@ -49,8 +51,7 @@ def cpu_info() -> dict[str, Any]:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines()
                  if line.startswith("model name")), platform.processor() or "unknown")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
-                      if line.startswith("flags")), []))
+    flags = cpu_flags()
     caps = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
     return {"model": name, "capabilities": caps, "logical_cpus": os.cpu_count()}
 
@@ -94,8 +95,5 @@ def write_manifest(run_dir: str | Path, config: dict, files: list[str | Path], *
         "world_size": world_size,
         "hardware": hardware(),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=run_dir)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=2, default=str)
-    os.replace(tmp, run_dir / "manifest.json")
+    write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
     return run_dir / "manifest.json"

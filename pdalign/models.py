@@ -284,17 +284,23 @@ def frozen_copy(model):
 
 # ---- precision ---------------------------------------------------------------------------
 
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where it is not available)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                     if line.startswith("flags")), []))
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU has native bf16 matmul units (AMX or AVX512-BF16).
 
     On an AVX2-only CPU, bf16 matmul is emulated and ~120x slower than fp32 (measured on an
     AMD EPYC: 0.0013 vs 0.162 TFLOP/s), so it must never be chosen there.
     """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def resolve_dtype(name: str = "auto", device: str = "cpu") -> torch.dtype:

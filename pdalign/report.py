@@ -28,10 +28,8 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from pdalign.atomic import atomic_open, write_text
 from pdalign.logging import read_metrics
 
 # Runs sit one level under a Hydra sweep dir, two under its parent, but the sweep subdir is
@@ -597,7 +596,8 @@ def _draw(ax, runs_by_label: dict[str, list[Run]], colors: dict[str, Any], serie
 
 
 def _save_png(fig, path: Path) -> None:
-    _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
 
 
 def plot_lambda(runs_by_label, colors, constraints: list[str], path: Path) -> None:
@@ -655,23 +655,6 @@ def plot_heldout_violation(runs_by_label, colors, pairs: list[tuple[str, str]],
 
 
 # ---- writing -----------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(binary_file)`` into a temp file beside ``path``, then rename, so
-    a reader never sees a half-written report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def write_report(root: str | Path, out: str | Path | None = None, window_frac: float = 0.2,
@@ -736,10 +719,10 @@ def write_report(root: str | Path, out: str | Path | None = None, window_frac: f
         notes.append("no held-out constraint records (`eval/<c>/<s>/value`): "
                      "heldout_violation.png was not drawn.")
 
-    _write_text(paths["md"], render_markdown(rows, runs, notes, window_frac))
+    write_text(paths["md"], render_markdown(rows, runs, notes, window_frac))
     buf = io.StringIO()
     write_csv(rows, buf)
-    _write_text(paths["csv"], buf.getvalue())
+    write_text(paths["csv"], buf.getvalue())
     return paths
 
 
