@@ -90,8 +90,11 @@ class _FusedLogprobKL(torch.autograd.Function):
         for s in range(0, m, chunk):
             e = min(s + chunk, m)
             z = _logits(h[s:e], weight)  # (c, V)
-            lp = z.log_softmax(-1)
             y = targets[s:e, None]
+            if not need_grad and h_ref is None:  # a reference/eval pass: the value alone
+                logp[s:e] = z.gather(1, y).squeeze(1) - z.logsumexp(-1)
+                continue
+            lp = z.log_softmax(-1)
             logp[s:e] = lp.gather(1, y).squeeze(1)
             p = lp.exp()
             if h_ref is not None:
