@@ -17,8 +17,9 @@ Units: steps are optimizer steps (the ``step`` of a record, 1-based); λ is dime
 and the held-out value share the constraint's own unit (a rate, nats per token, tokens); the
 violation area is in violation·steps.
 
-Public API, for the paper build: `collect_runs`, `summarize`, `render_markdown`, `write_report`,
-and `lambda_health` / `violation_drift` for single trajectories.
+Public API, for the paper build: `collect_runs`, `summarize`, `paired_comparison`,
+`render_markdown`, `write_report`, and `lambda_health` / `violation_drift` for single
+trajectories.
 """
 
 from __future__ import annotations
@@ -405,6 +406,85 @@ def summarize(runs: Sequence[Run], window_frac: float = 0.2,
     return rows
 
 
+def _t_interval(diffs: Sequence[float], confidence: float) -> tuple[float | None, float | None]:
+    """Two-sided Student-t interval on the mean of paired differences; (None, None) for n < 2."""
+    n = len(diffs)
+    if n < 2:
+        return None, None
+    from scipy.stats import t
+
+    mean, sd = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def paired_comparison(runs: Sequence[Run], confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Each constrained method against the unconstrained run of its base objective, by seed.
+
+    ``primal_dual(dpo)`` is paired with ``dpo``, ``primal_dual(orpo)`` with ``orpo``: same
+    seed, both finished. Per metric (held-out preference accuracy, then each held-out
+    ``c/s``), at the last eval step:
+
+    - ``baseline_mean`` / ``method_mean``: means over the paired seeds;
+    - ``diff_mean``, ``diff_lo``, ``diff_hi``: the mean of (method − baseline) per seed and
+      its two-sided Student-t interval at ``confidence`` (None with one pair);
+    - for constraints, ``baseline_violation_mean`` / ``violation_mean`` (the mean of
+      (value − ε)⁺) and ``violation_reduction`` = 1 − violation_mean / baseline_violation_mean
+      (None when the baseline does not violate: there is nothing to reduce).
+
+    A last row per method, metric ``wall_time_s``, holds ``ratio_mean``: the mean over seeds
+    of method / baseline training time.
+
+    Args:
+        runs: from `collect_runs`; incomplete runs are ignored.
+        confidence: two-sided level of the intervals. Default 0.95.
+    """
+    by_label: dict[str, dict[Any, Run]] = {}
+    for run in runs:
+        if run.complete:
+            by_label.setdefault(run.label, {})[run.seed] = run
+    pairs = eval_pairs([r for r in runs if r.complete])
+    rows = []
+    for label, group in sorted(by_label.items()):
+        method = next(iter(group.values())).config.get("method") or {}
+        base_label = method.get("objective")
+        baseline = by_label.get(base_label) if method.get("constrained") else None
+        if not baseline or label == base_label:
+            continue
+        seeds = sorted(set(group) & set(baseline), key=str)
+        metrics = [("pref_accuracy", None)] + [(f"{c}/{s}", (c, s)) for c, s in pairs]
+        for name, pair in metrics:
+            key = "eval/pref_accuracy" if pair is None else f"eval/{pair[0]}/{pair[1]}/value"
+            both = [k for k in seeds
+                    if group[k].final(key) is not None and baseline[k].final(key) is not None]
+            if not both:
+                continue
+            base_v = [baseline[k].final(key) for k in both]
+            meth_v = [group[k].final(key) for k in both]
+            diffs = [m - b for m, b in zip(meth_v, base_v)]
+            lo, hi = _t_interval(diffs, confidence)
+            row: dict[str, Any] = {
+                "method": label, "baseline": base_label, "metric": name, "n": len(both),
+                "seeds": ";".join(str(k) for k in both), "baseline_mean": float(np.mean(base_v)),
+                "method_mean": float(np.mean(meth_v)), "diff_mean": float(np.mean(diffs)),
+                "diff_lo": lo, "diff_hi": hi}
+            if pair is not None:
+                v_base = float(np.mean([heldout_violation(baseline[k], *pair)[1][-1]
+                                        for k in both]))
+                v_meth = float(np.mean([heldout_violation(group[k], *pair)[1][-1] for k in both]))
+                row.update(baseline_violation_mean=v_base, violation_mean=v_meth,
+                           violation_reduction=(1.0 - v_meth / v_base) if v_base > 0 else None)
+            rows.append(row)
+        walls = [(group[k].summary or {}).get("wall_time_s", 0) /
+                 (baseline[k].summary or {}).get("wall_time_s", math.nan) for k in seeds]
+        walls = [w for w in walls if math.isfinite(w) and w > 0]
+        if walls:
+            rows.append({"method": label, "baseline": base_label, "metric": "wall_time_s",
+                         "n": len(walls), "seeds": ";".join(str(k) for k in seeds),
+                         "ratio_mean": float(np.mean(walls))})
+    return rows
+
+
 # ---- rendering ---------------------------------------------------------------------------
 
 
@@ -452,6 +532,10 @@ confidence bound is ≤ ε) / seeds evaluated.
 *max* value (constraint unit) and its *area*, the trapezoid integral over steps \
 (violation·steps; 0 with a single eval point).
 - *wall time*: `summary.json` wall_time_s, seconds of the training loop.
+- *paired by seed*: primal_dual(X) against X run with the same seed; Δ is the mean of the \
+per-seed differences (method − baseline) at the last eval step with its two-sided 95% \
+Student-t interval over seeds; *violation reduction* is 1 − (mean violation of the method) / \
+(mean violation of the baseline). Also in `paired.csv`.
 - *λ health* (constrained methods): over the last {window:.0%} of steps, *pinned* = λ_c stayed \
 ≥ 0.99·λ_max, *rising* = λ_c rose at every logged step (up to the cap); either means the \
 constraint is not met at the policy's capacity (raise capacity, λ_max or the dual step, or \
@@ -463,14 +547,15 @@ dual step.
 
 
 def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequence[str] = (),
-                    window_frac: float = 0.2) -> str:
-    """The report's markdown: summary, drift and dual tables, data legend, notes, legend.
+                    window_frac: float = 0.2, paired: Sequence[dict[str, Any]] = ()) -> str:
+    """The report's markdown: summary, drift, paired and dual tables, data, notes, legend.
 
     Args:
         rows: from `summarize`.
         runs: the runs the rows came from (for the data legend and incomplete list).
         notes: extra lines (skipped plots, warnings), listed under "Notes".
         window_frac: the λ-health window, for the legend. Default 0.2.
+        paired: from `paired_comparison`; no section when empty.
     """
     pairs, constrained = eval_pairs(runs), train_constraints(runs)
     md = ["# pdalign sweep report", ""]
@@ -498,6 +583,15 @@ def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequ
         lines = [[row["method"]] + [_pm(row, f"{c}/{s}/violation_{stat}") for c, s in pairs
                                     for stat in ("final", "max", "area")] for row in rows]
         md += ["## Held-out violation drift", "", _table(header, lines), ""]
+
+    if paired:
+        md += ["## Constrained method vs its base objective (paired by seed)", "",
+               _table(["method", "vs", "metric", "seeds", "baseline", "method", "Δ (95% CI)",
+                       "violation: baseline → method", "violation reduction"],
+                      [_paired_cells(p) for p in paired if p["metric"] != "wall_time_s"]), ""]
+        md += [f"- {p['method']} trains in {_fmt(p['ratio_mean'])}× the wall time of "
+               f"{p['baseline']} (mean of per-seed ratios, {p['n']} seeds)."
+               for p in paired if p["metric"] == "wall_time_s"] + [""]
 
     if constrained:
         header = ["method"] + [h for c in constrained for h in (f"{c} final λ (λ_max)",
@@ -530,6 +624,17 @@ def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequ
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Legend", "", LEGEND.format(window=window_frac)]
     return "\n".join(md)
+
+
+def _paired_cells(p: dict[str, Any]) -> list[str]:
+    ci = "" if p["diff_lo"] is None else f" [{_fmt(p['diff_lo'])}, {_fmt(p['diff_hi'])}]"
+    cells = [p["method"], p["baseline"], p["metric"], str(p["n"]), _fmt(p["baseline_mean"]),
+             _fmt(p["method_mean"]), f"{_fmt(p['diff_mean'])}{ci}"]
+    if "violation_mean" not in p:
+        return cells + ["", ""]
+    red = p["violation_reduction"]
+    return cells + [f"{_fmt(p['baseline_violation_mean'])} → {_fmt(p['violation_mean'])}",
+                    "– (baseline within ε)" if red is None else f"{red:.0%}"]
 
 
 def write_csv(rows: list[dict[str, Any]], fh: io.TextIOBase) -> None:
@@ -669,7 +774,8 @@ def write_report(root: str | Path, out: str | Path | None = None, window_frac: f
 
     Returns:
         ``{"md", "csv"}`` plus ``"lambda"``, ``"g_vs_eps"``, ``"heldout_violation"`` for the
-        plots that had data.
+        plots that had data, and ``"paired_csv"`` (`paired_comparison`) when a constrained
+        method and its base objective both ran.
 
     Raises:
         NoRunsError: ``root`` holds no run.
@@ -719,10 +825,16 @@ def write_report(root: str | Path, out: str | Path | None = None, window_frac: f
         notes.append("no held-out constraint records (`eval/<c>/<s>/value`): "
                      "heldout_violation.png was not drawn.")
 
-    write_text(paths["md"], render_markdown(rows, runs, notes, window_frac))
+    paired = paired_comparison(runs)
+    write_text(paths["md"], render_markdown(rows, runs, notes, window_frac, paired))
     buf = io.StringIO()
     write_csv(rows, buf)
     write_text(paths["csv"], buf.getvalue())
+    if paired:
+        paths["paired_csv"] = out / "paired.csv"
+        buf = io.StringIO()
+        write_csv(paired, buf)
+        write_text(paths["paired_csv"], buf.getvalue())
     return paths
 
 

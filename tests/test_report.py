@@ -363,3 +363,47 @@ def test_runs_nested_by_a_path_override_are_found(tmp_path):
     (run / "checkpoints" / "x").mkdir(parents=True)
     (run / "checkpoints" / "x" / "metrics.jsonl").write_text("{}\n")
     assert [r.name for r in collect_runs(tmp_path)] == [deep]
+
+
+def test_paired_comparison_by_hand(sweep):
+    """pd(dpo) vs dpo, seeds 0 and 1 (t_{0.975, 1} = 12.7062):
+    refusal/id finals dpo 0.7, 0.6 vs pd 0.15, 0.25 → diffs −0.55, −0.35: mean −0.45,
+    sd 0.141421, half-width 12.7062 · 0.141421 / √2 = 1.27062; violations (ε 0.2) dpo 0.5, 0.4
+    vs pd 0, 0.05 → 0.45 → 0.025, reduction 1 − 0.025/0.45 = 0.94444.
+    kl_budget/id 0.3 vs 0.06 for both seeds → Δ −0.24 with a zero-width interval; violation
+    0.25 → 0.01, reduction 0.96. pref acc 0.7, 0.8 vs 0.6, 0.7 → Δ −0.1. Wall time ratio
+    (150/100 + 170/120)/2 = 1.458333. pd(orpo) has no orpo run to pair with."""
+    from pdalign.report import paired_comparison
+
+    rows = {(r["method"], r["metric"]): r for r in paired_comparison(collect_runs(sweep[0]))}
+    assert {m for m, _ in rows} == {"primal_dual(dpo)"}
+    ref = rows["primal_dual(dpo)", "refusal/id"]
+    assert (ref["baseline"], ref["n"], ref["seeds"]) == ("dpo", 2, "0;1")
+    assert ref["baseline_mean"] == pytest.approx(0.65)
+    assert ref["method_mean"] == pytest.approx(0.2)
+    assert ref["diff_mean"] == pytest.approx(-0.45)
+    assert ref["diff_lo"] == pytest.approx(-0.45 - 1.270620, abs=1e-5)
+    assert ref["diff_hi"] == pytest.approx(-0.45 + 1.270620, abs=1e-5)
+    assert ref["baseline_violation_mean"] == pytest.approx(0.45)
+    assert ref["violation_mean"] == pytest.approx(0.025)
+    assert ref["violation_reduction"] == pytest.approx(1 - 0.025 / 0.45)
+    kl = rows["primal_dual(dpo)", "kl_budget/id"]
+    assert kl["diff_lo"] == pytest.approx(-0.24) and kl["diff_hi"] == pytest.approx(-0.24)
+    assert kl["violation_reduction"] == pytest.approx(0.96)
+    shifted = rows["primal_dual(dpo)", "refusal/shifted"]
+    assert shifted["baseline_violation_mean"] == 0 and shifted["violation_reduction"] is None
+    assert rows["primal_dual(dpo)", "pref_accuracy"]["diff_mean"] == pytest.approx(-0.1)
+    assert rows["primal_dual(dpo)", "wall_time_s"]["ratio_mean"] == pytest.approx(1.458333, abs=1e-6)
+
+
+def test_report_writes_the_paired_table(sweep):
+    _, paths, _ = sweep
+    md = paths["md"].read_text()
+    assert "## Constrained method vs its base objective (paired by seed)" in md
+    assert "| primal_dual(dpo) | dpo | refusal/id | 2 | 0.65 | 0.2 | -0.45 [-1.72, 0.821] | " \
+           "0.45 → 0.025 | 94% |" in md
+    assert "primal_dual(dpo) trains in 1.46× the wall time of dpo" in md
+    with open(paths["paired_csv"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    kl = next(r for r in rows if r["metric"] == "kl_budget/id")
+    assert float(kl["violation_reduction"]) == pytest.approx(0.96)
