@@ -132,6 +132,12 @@ def _schedule(optimizer, tcfg: DictConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _finite_on_all_ranks(accelerator, finite: bool, device: torch.device) -> bool:
+    """True when every rank's loss and estimates are finite (one all-reduce of a flag)."""
+    bad = torch.tensor([0.0 if finite else 1.0], device=device)
+    return float(accelerator.reduce(bad, reduction="sum")) == 0.0
+
+
 def _pad_cat(a: torch.Tensor, b: torch.Tensor, value: int) -> torch.Tensor:
     width = max(a.shape[1], b.shape[1])
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
@@ -345,6 +351,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                         loss = loss + lam[i] * (est[c.name].surrogate - float(eps[i]))
                         g_sum[i] += float(est[c.name].value)
                 finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(g_sum).all())
+                if accelerator.num_processes > 1:
+                    # Skip on every rank or none: a rank that skipped backward would leave
+                    # the others waiting in DDP's gradient all-reduce.
+                    finite = _finite_on_all_ranks(accelerator, finite, loss.device)
                 if not finite:
                     break
                 accelerator.backward(loss)  # accelerate divides by grad_accum

@@ -1,20 +1,24 @@
 """One rank of a 2-process primal-dual run; started by tests/test_distributed.py via torchrun.
 
 Writes ``<out>/rank<k>.json`` with the world size and every lambda this rank's DualState took.
+Usage: ``dist_worker.py OUT [NAN_STEP]``; with NAN_STEP, rank 1 alone gets a NaN loss at that
+step (its NAN_STEP-th objective call: one micro-batch per step here).
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 import pdalign.dual
+import pdalign.losses
 from pdalign.trainer import train
 from tests.conftest import compose, tiny_overrides
 
 
-def main(out: str) -> None:
+def main(out: str, nan_step: int | None = None) -> None:
     seen = []
     update = pdalign.dual.DualState.update
 
@@ -30,10 +34,21 @@ def main(out: str) -> None:
     reduce = accelerate.Accelerator.reduce
 
     def recording_reduce(self, tensor, reduction="sum", scale=1.0):
-        local.append([float(x) for x in tensor])  # this rank's g before the all-reduce
+        if tensor.numel() > 1:  # this rank's g before the all-reduce (not the finite flag)
+            local.append([float(x) for x in tensor])
         return reduce(self, tensor, reduction=reduction, scale=scale)
 
     accelerate.Accelerator.reduce = recording_reduce
+    if nan_step is not None and os.environ["RANK"] == "1":  # torchrun's rank of this process  # this rank alone gets a NaN loss at nan_step
+        call = pdalign.losses.DPO.__call__
+        calls = []
+
+        def nan_once(self, *args, **kwargs):
+            losses, metrics = call(self, *args, **kwargs)
+            calls.append(1)
+            return (losses * float("nan") if len(calls) == nan_step else losses), metrics
+
+        pdalign.losses.DPO.__call__ = nan_once
     torch.set_num_threads(1)
     cfg = compose(tiny_overrides(
         "method=primal_dual", "constraints=[refusal,kl_budget,length]", "train.steps=4",
@@ -49,4 +64,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
