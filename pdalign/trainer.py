@@ -132,6 +132,24 @@ def _schedule(optimizer, tcfg: DictConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def enable_activation_checkpointing(model, every_n_layers: int) -> None:
+    """Recompute every ``every_n_layers``-th decoder layer in backward (0 = off).
+
+    Saved activations are most of a LoRA step's peak memory once the LM head is chunked; this
+    trades them for one more decoder forward per step at ``every_n_layers=1``. Non-reentrant
+    checkpointing, so frozen inputs need no ``requires_grad`` trick. Generation (rollouts,
+    evaluation) runs in eval mode and keeps its KV cache.
+    """
+    if every_n_layers == 0:
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"train.activation_checkpointing={every_n_layers}: "
+                         f"{type(model).__name__} does not support activation checkpointing; "
+                         "set train.activation_checkpointing=0")
+    model.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every_n_layers)
+
+
 def _finite_on_all_ranks(accelerator, finite: bool, device: torch.device) -> bool:
     """True when every rank's loss and estimates are finite (one all-reduce of a flag)."""
     bad = torch.tensor([0.0 if finite else 1.0], device=device)
@@ -226,12 +244,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             f"(train.batch_size={int(tcfg.batch_size)} x {accelerator.num_processes} processes; "
             f"the loader drops a ragged last batch). Lower train.batch_size or add pairs")
     ckpt.resume_path(tcfg.get("resume"), run_dir)  # a bad train.resume fails before the model
+    recompute = int(tcfg.get("activation_checkpointing") or 0)
+    if recompute < 0:
+        raise ValueError(f"train.activation_checkpointing must be >= 0 (0 = off, k = every k-th "
+                         f"decoder layer), got {recompute}")
 
     # ---- model, reference, optimizer, rollouts ---------------------------------------------
     model, _ = load_model(cfg.model.name_or_path, tiny=cfg.model.get("tiny"),
                           quantization=quant, trust_remote_code=cfg.model.trust_remote_code,
                           revision=cfg.model.get("revision"))
     model.config.use_cache = False
+    enable_activation_checkpointing(model, recompute)
     adapter = cfg.peft.get("adapter", "lora") != "none"
     model = apply_peft(model, OmegaConf.to_container(cfg.peft) if adapter else None,
                        quantized=quantize).to(device)

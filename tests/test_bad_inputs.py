@@ -85,6 +85,10 @@ CASES = {
         None, ["+train.stepz=3"],
         ValueError, r"^train\.stepz is not a known key of the train config group "
                     r"\(conf/train/\*\.yaml\)\. Did you mean train\.steps\?"),
+    "negative_activation_checkpointing": (
+        None, ["train.activation_checkpointing=-1"],
+        ValueError, r"^train\.activation_checkpointing must be >= 0 \(0 = off, k = every k-th "
+                    r"decoder layer\), got -1$"),
     "bad_dtype": (
         None, ["train.dtype=fp16"],
         ValueError, r"^train\.dtype='fp16' is not one of auto, fp32, bf16$"),
