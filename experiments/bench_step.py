@@ -100,6 +100,7 @@ class Trainer:
     precompute: bool = False
     qlora: bool = False
     floor: str = "dpo"
+    extra: tuple[str, ...] = ()  # further pdalign overrides of this row
 
 
 TRAINERS = {
@@ -113,6 +114,7 @@ TRAINERS = {
     "dpo_quickstart": Trainer("pdalign", "dpo", data="quickstart"),
     "trl_dpo_quickstart": Trainer("trl", "dpo", data="quickstart"),
     "dpo_qlora": Trainer("pdalign", "dpo", qlora=True),
+    "dpo_recompute": Trainer("pdalign", "dpo", extra=("train.activation_checkpointing=1",)),
     "trl_dpo_qlora": Trainer("trl", "dpo", qlora=True),
 }
 # Matmul passes of 2*N*T per step: forward, LoRA backward (~ one forward), reference forward.
@@ -126,6 +128,8 @@ NOTES = {
     "dpo_quickstart": "variable-length builtin:quickstart rows, padded per batch",
     "trl_dpo_quickstart": "variable-length builtin:quickstart rows, padded per batch",
     "dpo_qlora": "peft=qlora: nf4 + double quant base, 8-bit AdamW",
+    "dpo_recompute": "train.activation_checkpointing=1: decoder activations recomputed in "
+                     "backward (memory for time)",
     "trl_dpo_qlora": "nf4 + double quant base, optim=adamw_bnb_8bit; adapters cast back to the "
                      "dtype rule's dtype after TRL's bf16 cast",
 }
@@ -146,6 +150,10 @@ EXTRA_PAIRS = {
     "dpo_qlora_time_vs_lora": ("dpo_qlora", "dpo", "s_per_step"),
     "dpo_qlora_peak_rss_vs_lora": ("dpo_qlora", "dpo", "peak_rss_mb"),
     "dpo_precomputed_time_vs_dpo": ("dpo_precomputed", "dpo", "s_per_step"),
+    "dpo_recompute_peak_rss_vs_trl": ("dpo_recompute", "trl_dpo", "peak_rss_mb"),
+    "dpo_recompute_time_vs_trl": ("dpo_recompute", "trl_dpo", "s_per_step"),
+    "dpo_recompute_peak_rss_vs_dpo": ("dpo_recompute", "dpo", "peak_rss_mb"),
+    "dpo_recompute_time_vs_dpo": ("dpo_recompute", "dpo", "s_per_step"),
 }
 
 
@@ -178,7 +186,7 @@ def overrides(spec: dict) -> list[str]:
                 "constraints.toxicity.scorer=profanity_check",
                 "constraints.toxicity.prompts=adversarial",
                 "constraints.length.prompts=adversarial", "train.rollout_every=4"]
-    return out
+    return out + list(spec.get("extra", ()))
 
 
 def pdalign_config(spec: dict):
@@ -718,7 +726,7 @@ def main(argv: list[str] | None = None) -> dict:
             spec = {"framework": t.framework, "method": t.method, "qlora": t.qlora,
                     "precompute": t.precompute, "data_path": str(data[t.data]),
                     "model": args.model, "threads": args.threads, "steps": args.steps,
-                    "warmup": args.warmup, "batch": args.batch,
+                    "warmup": args.warmup, "batch": args.batch, "extra": list(t.extra),
                     "work_dir": str(work / f"r{r}-{name}"),
                     "pair_tokens_per_step": tokens_per_step if t.data == "fixed" else None}
             print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)

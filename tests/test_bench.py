@@ -116,3 +116,17 @@ def test_bad_arguments_fail_before_any_work(bad):
     proc = subprocess.run([sys.executable, str(SCRIPT), *bad], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode != 0
+
+
+def test_recompute_row_differs_from_dpo_only_by_activation_checkpointing(tmp_path):
+    bench = _load_bench()
+    base = {"model": "tiny", "qlora": False, "data_path": str(tmp_path / "d.jsonl"),
+            "warmup": 1, "steps": 1, "batch": 2, "threads": 1, "precompute": False,
+            "work_dir": str(tmp_path)}
+    rows = {}
+    for name in ("dpo", "dpo_recompute"):
+        t = bench.TRAINERS[name]
+        rows[name] = bench.overrides({**base, "method": t.method, "extra": list(t.extra)})
+    assert rows["dpo_recompute"] == rows["dpo"] + ["train.activation_checkpointing=1"]
+    assert bench.compose(rows["dpo_recompute"]).train.activation_checkpointing == 1
+    assert bench.compose(rows["dpo"]).train.activation_checkpointing == 0
