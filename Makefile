@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_SILENT ?= true
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo paper lint clean-cache
+.PHONY: install test test-all demo study paper lint clean-cache
 
 install: $(STAMP)
 
@@ -36,6 +36,27 @@ demo: $(STAMP)
 	$(VENV)/bin/pdalign-train --multirun experiment=quickstart hydra.sweep.dir=$(DEMO_DIR)
 	$(VENV)/bin/pdalign-report $(DEMO_DIR)
 	@echo "demo done: report at $(DEMO_DIR)/report.md, plots $(DEMO_DIR)/*.png"
+
+# The paper's study, ~2.5 h on a 2-core CPU; resumable (re-run the same command after a stop):
+# the compare sweep (4 methods x 3 seeds), the untrained model's held-out eval, the SmolLM2
+# dual ablation (its gradient / lambda_max=10 point is the compare sweep's primal_dual seed 0),
+# the bandit ablation; results copied into experiments/results/, then the paper.
+STUDY_DIR ?= multirun
+study: $(STAMP)
+	$(VENV)/bin/pdalign-train --multirun experiment=compare hydra.sweep.dir=$(STUDY_DIR)/compare/main train.resume=auto
+	test -f experiments/results/compare/base_eval.json || $(VENV)/bin/pdalign-eval --quiet \
+	  --checkpoint $(PDALIGN_CACHE)/models/smollm2-135m-instruct \
+	  --config $(STUDY_DIR)/compare/main/0-dpo-dpo-seed0/config.yaml \
+	  --out experiments/results/compare/base_eval.json
+	$(PY) experiments/collect_sweep.py $(STUDY_DIR)/compare/main experiments/results/compare --keep base_eval.json
+	$(VENV)/bin/pdalign-train --multirun experiment=ablation hydra.sweep.dir=$(STUDY_DIR)/ablation/main \
+	  dual=gradient dual.lambda_max=1e6 train.resume=auto
+	$(VENV)/bin/pdalign-train --multirun experiment=ablation hydra.sweep.dir=$(STUDY_DIR)/ablation/main \
+	  dual=pid dual.lambda_max=10,1e6 train.resume=auto
+	$(PY) experiments/collect_sweep.py $(STUDY_DIR)/ablation/main experiments/results/ablation \
+	  --extra $(STUDY_DIR)/compare/main/6-primal_dual-dpo-seed0
+	$(PY) experiments/dual_ablation.py
+	$(PY) paper/build.py
 
 # Regenerate paper/paper.md from experiments/results/ (no hand-typed numbers).
 paper: $(STAMP)

@@ -48,8 +48,12 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, batches,
-         keep_last: int = 2) -> Path:
-    """Write ``checkpoints/step-<step>`` atomically and drop all but the newest ``keep_last``."""
+         keep_last: int = 2, elapsed_s: float = 0.0) -> Path:
+    """Write ``checkpoints/step-<step>`` atomically and drop all but the newest ``keep_last``.
+
+    ``elapsed_s`` is the run's training time so far; a resumed run continues its clock from it,
+    so ``summary.json``'s wall time covers the whole run, not just its last leg.
+    """
     root = Path(run_dir) / "checkpoints"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -66,7 +70,8 @@ def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, batche
         torch.save({"step": step, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "dual": dual.state_dict(),
                     "rollouts": rollouts.state_dict() if rollouts is not None else None,
-                    "data": batches.state_dict(), "rng": _rng_state()},
+                    "data": batches.state_dict(), "rng": _rng_state(),
+                    "elapsed_s": float(elapsed_s)},
                    tmp / _STATE)
         target = root / f"step-{step}"
         if target.exists():
@@ -124,13 +129,15 @@ def resume_path(resume, run_dir) -> Path | None:
     raise FileNotFoundError(f"train.resume={resume}: {problem}. Use {hint}")
 
 
-def maybe_resume(resume, run_dir, model, optimizer, scheduler, dual, rollouts, batches) -> int:
+def maybe_resume(resume, run_dir, model, optimizer, scheduler, dual, rollouts,
+                 batches) -> tuple[int, float]:
     """Restore state from ``resume`` (``auto`` = newest complete checkpoint in ``run_dir``,
-    or a checkpoint path, see `resume_path`); return the step to continue from (0 when
-    starting fresh)."""
+    or a checkpoint path, see `resume_path`); return the step to continue from and the
+    training seconds spent before it ((0, 0.0) when starting fresh; 0.0 for checkpoints
+    written before the clock was saved)."""
     path = resume_path(resume, run_dir)
     if path is None:
-        return 0
+        return 0, 0.0
     state = torch.load(path / _STATE, weights_only=False)
     _load_weights(model, path / "model")
     optimizer.load_state_dict(state["optimizer"])
@@ -140,7 +147,7 @@ def maybe_resume(resume, run_dir, model, optimizer, scheduler, dual, rollouts, b
         rollouts.load_state_dict(state["rollouts"])
     batches.load_state_dict(state["data"])
     _set_rng_state(state["rng"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("elapsed_s", 0.0))
 
 
 def _load_weights(model, path: Path) -> None:

@@ -19,6 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from pdalign.atomic import write_text
+
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("pdalign")
 
@@ -48,6 +50,18 @@ def main() -> None:
     _hydra_main()
 
 
+def _finished_summary(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The summary of a run that already finished all ``train.steps``, when resuming with
+    ``auto``; None otherwise (then the run trains, from its newest checkpoint if any)."""
+    if cfg.train.get("resume") != "auto" or not (run_dir / "summary.json").is_file():
+        return None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except ValueError:
+        return None
+    return summary if summary.get("steps") == int(cfg.train.steps) else None
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     from pdalign.trainer import train
@@ -57,9 +71,15 @@ def _hydra_main(cfg: DictConfig) -> float:
     if cfg.logging.group is None and hydra_cfg.mode == RunMode.MULTIRUN:
         with open_dict(cfg):  # one sweep = one W&B group
             cfg.logging.group = Path(hydra_cfg.sweep.dir).name
+    finished = _finished_summary(cfg, run_dir)
+    if finished is not None:  # re-running a sweep with train.resume=auto skips its done runs
+        log.info("run already finished (%s); train.resume=auto leaves it as it is",
+                 run_dir / "summary.json")
+        print(f"run dir: {run_dir}")
+        return float("nan")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     summary = train(cfg, run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     log.info("run finished: %s", json.dumps(summary))
     print(f"run dir: {run_dir}")
     # None when no step ran (train.steps=0, or resuming a finished run); sweepers get NaN

@@ -297,8 +297,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         rollouts = RolloutManager(constraints, tokenizer, every=int(tcfg.rollout_every),
                                   seed=int(cfg.seed) + accelerator.process_index,
                                   **OmegaConf.to_container(tcfg.rollout))
-    start_step = ckpt.maybe_resume(tcfg.get("resume"), run_dir, model, optimizer, scheduler,
-                                   dual, rollouts, batches)
+    start_step, elapsed_before = ckpt.maybe_resume(tcfg.get("resume"), run_dir, model,
+                                                   optimizer, scheduler, dual, rollouts, batches)
     if any(c.needs_calibration for c in eval_constraints):
         from pdalign.rollout import RolloutManager
 
@@ -327,7 +327,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     # ---- the loop ----------------------------------------------------------------------
     bar = tqdm(total=steps, initial=start_step, desc=f"train {cfg.method.name}", disable=not main)
-    step, nonfinite, warned, t_start = start_step, 0, set(), time.perf_counter()
+    # the run's clock: a resumed run continues from the training time its checkpoint saved
+    step, nonfinite, warned = start_step, 0, set()
+    t_start = time.perf_counter() - elapsed_before
     record: dict[str, Any] = {}
     while step < steps:
         t0 = time.perf_counter()
@@ -406,7 +408,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             bar.update(1)
             if main and step == steps:
                 ckpt.save(run_dir, step, model, optimizer, scheduler, dual, rollouts, batches,
-                          keep_last=int(tcfg.keep_last))
+                          keep_last=int(tcfg.keep_last),
+                          elapsed_s=time.perf_counter() - t_start)
             continue
         nonfinite = 0
         optimizer.step()
@@ -450,7 +453,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         every = int(tcfg.checkpoint_every)
         if main and ((every and step % every == 0) or step == steps):
             ckpt.save(run_dir, step, model, optimizer, scheduler, dual, rollouts, batches,
-                      keep_last=int(tcfg.keep_last))
+                      keep_last=int(tcfg.keep_last),
+                      elapsed_s=time.perf_counter() - t_start)
     bar.close()
     logger.close()
     accelerator.wait_for_everyone()

@@ -96,6 +96,20 @@ def test_sigkill_then_resume_auto_retraces_the_uninterrupted_run(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["lambda"] == json.loads((tmp_path / "full" / "summary.json").read_text())[
         "lambda"]
+    # the clock went on from the checkpoint: wall time covers both legs of the run
+    import torch
+
+    before = torch.load(done[-1] / "trainer_state.pt", weights_only=False)["elapsed_s"]
+    assert 0 < before < summary["wall_time_s"]
+
+    # re-running the finished run with resume=auto (a sweep re-launched after an
+    # interruption) leaves it exactly as it was
+    files = {name: (tmp_path / "full" / name).read_bytes()
+             for name in ("summary.json", "metrics.jsonl", "config.yaml", "manifest.json")}
+    rerun = pdalign_train([*RUN, "train.resume=auto", f"hydra.run.dir={tmp_path / 'full'}"])
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "run already finished" in rerun.stdout + rerun.stderr
+    assert {name: (tmp_path / "full" / name).read_bytes() for name in files} == files
 
 
 def test_metrics_logger_drops_records_past_the_resume_step(tmp_path):
@@ -158,4 +172,9 @@ def test_keep_last_keeps_only_the_newest_checkpoints(tmp_path):
                                            "train.keep_last=2", "train.resume=auto")),
                     tmp_path / "run")
     assert summary["steps"] == 5 and summary["final_loss"] is None
+    import torch
+
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "step-5" / "trainer_state.pt",
+                       weights_only=False)["elapsed_s"]
+    assert 0 < saved <= summary["wall_time_s"]  # the finished run's clock, not ~0
     assert [p.name for p in ckpt.checkpoints(tmp_path / "run")] == ["step-4", "step-5"]
