@@ -104,8 +104,12 @@ class Run:
 
     @property
     def data_hashes(self) -> frozenset | None:
+        # Keyed by file name, not path: the same files in another checkout (a sweep resumed
+        # from a different clone, results copied between machines) are the same data.
         hashes = (self.manifest or {}).get("data_hashes")
-        return frozenset(hashes.items()) if isinstance(hashes, dict) and hashes else None
+        if not isinstance(hashes, dict) or not hashes:
+            return None
+        return frozenset((Path(path).name, digest) for path, digest in hashes.items())
 
     @cached_property
     def key_set(self) -> frozenset[str]:

@@ -303,7 +303,7 @@ def test_data_hash_grouping(sweep):
     assert rows["dpo"]["data"] == "A" and rows["primal_dual(dpo)"]["data"] == "A"
     assert rows["primal_dual(orpo)"]["data"] == "B"
     md = paths["md"].read_text()
-    assert "- **A**: `data/heldout.jsonl` bbbbbbbbbbbb, `data/train.jsonl` aaaaaaaaaaaa" in md
+    assert "- **A**: `heldout.jsonl` bbbbbbbbbbbb, `train.jsonl` aaaaaaaaaaaa" in md
     assert "**warning**: runs of this sweep used 2 different data sets" in md
 
 
@@ -407,3 +407,13 @@ def test_report_writes_the_paired_table(sweep):
         rows = list(csv.DictReader(fh))
     kl = next(r for r in rows if r["metric"] == "kl_budget/id")
     assert float(kl["violation_reduction"]) == pytest.approx(0.96)
+
+
+def test_same_files_in_another_checkout_are_the_same_data(tmp_path):
+    """Runs of one sweep resumed from a different clone hash the same files under other paths."""
+    moved = {f"/elsewhere/{k}": v for k, v in HASH_A.items()}
+    for seed, hashes in ((0, HASH_A), (1, moved)):
+        make_run(tmp_path, f"s{seed}", method="dpo", objective="dpo", seed=seed, pref=0.7,
+                 refusal=[0.5] * 3, kl=[0.1] * 3, wall=10.0, hashes=hashes)
+    (row,) = summarize(collect_runs(tmp_path))
+    assert row["data"] == "A" and row["n_seeds"] == 2
