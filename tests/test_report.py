@@ -417,3 +417,19 @@ def test_same_files_in_another_checkout_are_the_same_data(tmp_path):
                  refusal=[0.5] * 3, kl=[0.1] * 3, wall=10.0, hashes=hashes)
     (row,) = summarize(collect_runs(tmp_path))
     assert row["data"] == "A" and row["n_seeds"] == 2
+
+
+def test_a_speed_only_key_added_later_does_not_split_a_method(tmp_path):
+    """Seeds run before train.activation_checkpointing existed (no key) and after (0) are one
+    method: the key changes memory and time, not the result. A real setting still splits."""
+    for seed in (0, 1, 2):
+        run = make_run(tmp_path, f"s{seed}", method="dpo", objective="dpo", seed=seed, pref=0.7,
+                       refusal=[0.5] * 3, kl=[0.1] * 3, wall=10.0)
+        config = json.loads((run / "config.yaml").read_text())
+        if seed == 1:
+            config["train"] = {"activation_checkpointing": 0, "lr": 5e-4}
+        else:
+            config["train"] = {"lr": 5e-4 if seed == 0 else 1e-3}
+        (run / "config.yaml").write_text(json.dumps(config))
+    labels = sorted(r.label for r in collect_runs(tmp_path))
+    assert labels == ["dpo [train.lr=0.0005]", "dpo [train.lr=0.0005]", "dpo [train.lr=0.001]"]
