@@ -438,8 +438,9 @@ def paired_comparison(runs: Sequence[Run], confidence: float = 0.95) -> list[dic
       (value − ε)⁺) and ``violation_reduction`` = 1 − violation_mean / baseline_violation_mean
       (None when the baseline does not violate: there is nothing to reduce).
 
-    A last row per method, metric ``wall_time_s``, holds ``ratio_mean``: the mean over seeds
-    of method / baseline training time.
+    A last row per method, metric ``wall_time_s``, holds ``ratio_mean`` and ``ratio_median``:
+    the mean and median over seeds of method / baseline training time (the median resists one
+    run slowed by other work on the machine).
 
     Args:
         runs: from `collect_runs`; incomplete runs are ignored.
@@ -487,7 +488,8 @@ def paired_comparison(runs: Sequence[Run], confidence: float = 0.95) -> list[dic
         if walls:
             rows.append({"method": label, "baseline": base_label, "metric": "wall_time_s",
                          "n": len(walls), "seeds": ";".join(str(k) for k in seeds),
-                         "ratio_mean": float(np.mean(walls))})
+                         "ratio_mean": float(np.mean(walls)),
+                         "ratio_median": float(np.median(walls))})
     return rows
 
 
@@ -596,7 +598,8 @@ def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequ
                        "violation: baseline → method", "violation reduction"],
                       [_paired_cells(p) for p in paired if p["metric"] != "wall_time_s"]), ""]
         md += [f"- {p['method']} trains in {_fmt(p['ratio_mean'])}× the wall time of "
-               f"{p['baseline']} (mean of per-seed ratios, {p['n']} seeds)."
+               f"{p['baseline']} (mean of per-seed ratios, {p['n']} seeds; median "
+               f"{_fmt(p['ratio_median'])}×)."
                for p in paired if p["metric"] == "wall_time_s"] + [""]
 
     if constrained:
