@@ -3,7 +3,17 @@
 
 Every number in the paper comes from a results file through `values`; the template holds
 ``{{name}}`` placeholders only. An unknown placeholder is an error, so no number can be left
-typed by hand or silently unfilled.
+typed by hand or silently unfilled. The prose states directions (primal-dual lowers the KL
+violation, refusal never moves, ...); `check_claims` re-derives each from the same files and
+refuses to build a paper whose text the numbers contradict.
+
+Sources, all under experiments/results/:
+
+- ``bandit_kkt.json``, ``dual_ablation.json``: the closed-form bandit and its ablation;
+- ``bench.json``: step cost against TRL and the matmul floor;
+- ``compare/``: the compare sweep (runs, ``report.csv``, ``paired.csv``, plots) and
+  ``base_eval.json``, the held-out evaluation of the untrained model;
+- ``ablation/``: the SmolLM2 dual-rule x lambda-cap runs.
 """
 
 from __future__ import annotations
@@ -14,18 +24,40 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from pdalign.atomic import write_text
+from pdalign.report import collect_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
+
+# Held-out (constraint, prompt set) columns of the paper's tables, in reading order.
+SETS = (("kl_budget", "id"), ("toxicity", "id"), ("refusal", "id"), ("refusal", "shifted"),
+        ("over_refusal", "id"), ("length", "id"))
+SAFETY = ("refusal", "over_refusal", "toxicity")  # the constraints a "safety violation" means
+METHOD_ORDER = ("dpo", "primal_dual(dpo)", "orpo", "primal_dual(orpo)")
+PAIRS = (("primal_dual(dpo)", "dpo"), ("primal_dual(orpo)", "orpo"))
 
 
 def _fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def values(results: Path = RESULTS) -> dict[str, str]:
-    """Every placeholder's text, each read from a results file."""
+def _pm(mean: str, std: str, digits: int = 3) -> str:
+    """'mean ± std' from CSV cells (std empty for one seed)."""
+    if mean == "":
+        return "–"
+    text = _fmt(float(mean), digits)
+    return f"{text} ± {_fmt(float(std), 2)}" if std != "" else text
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def bandit_values(results: Path) -> dict[str, str]:
     bandit = json.loads((results / "bandit_kkt.json").read_text())
     out = {"K": str(bandit["K"]), "beta": _fmt(bandit["beta"]),
            "epsilon": _fmt(bandit["epsilon"]), "lambda_star": _fmt(bandit["lambda_star"], 6),
@@ -34,23 +66,335 @@ def values(results: Path = RESULTS) -> dict[str, str]:
         out[f"lambda_{rule}"] = _fmt(bandit["lambda_final"][rule], 6)
         out[f"cost_{rule}"] = _fmt(bandit["expected_cost_final"][rule], 6)
         out[f"reward_{rule}"] = _fmt(bandit["expected_reward_final"][rule], 6)
+    abl = json.loads((results / "dual_ablation.json").read_text())
+    rows = {(r["scenario"], r["rule"], r["eta"], r["lambda_max"]): r for r in abl["rows"]}
+    out.update(abl_iters=str(abl["iters"]), abl_stuck=str(abl["stuck_iters"]),
+               abl_stuck_value=_fmt(abl["stuck_value"]), abl_late=str(abl["late_iters"]),
+               abl_gains=abl["pid_gains"])
+    lines = []
+    for (scenario, rule, eta, cap), r in rows.items():
+        settled = "never" if r["settle_iter"] is None else str(r["settle_iter"])
+        lines.append(f"| {scenario} | {rule} | {eta:g} | {cap:g} | {_fmt(r['lambda_final'])} | "
+                     f"{_fmt(r['lambda_peak'])} | {_fmt(r['lambda_swing_late'], 3)} | {settled} | "
+                     f"{_fmt(r['regret'])} |")
+    out["ablation_bandit_rows"] = "\n".join(lines)
+    big = rows["binding", "gradient", 8.0, 10.0]
+    out["abl_grad8_swing"] = _fmt(big["lambda_swing_late"], 3)
+    out["abl_pid8_settle"] = str(rows["binding", "pid", 8.0, 10.0]["settle_iter"])
+    out["abl_stuck_peak_free"] = _fmt(rows["stuck", "gradient", 0.5, 1e6]["lambda_peak"])
+    out["abl_stuck_regret_free"] = _fmt(rows["stuck", "gradient", 0.5, 1e6]["regret"])
+    out["abl_stuck_regret_capped"] = _fmt(rows["stuck", "gradient", 0.5, 10.0]["regret"])
+    out["abl_stuck_settle_capped"] = str(rows["stuck", "gradient", 0.5, 10.0]["settle_iter"])
+    return out
+
+
+def bench_values(results: Path) -> dict[str, str]:
     bench = json.loads((results / "bench.json").read_text())
     s = bench["settings"]
-    out.update({"cpu": f"{s['cpu']['model']} ({', '.join(s['cpu']['capabilities'])})",
-                "dtype": s["dtype"], "tflops": _fmt(s["matmul_tflops"], 3),
-                "dpo_vs_trl": _fmt(bench["ratios"]["dpo_time_vs_trl"], 2),
-                "dpo_vs_floor": _fmt(bench["ratios"]["dpo_time_vs_floor"], 3),
-                "pd_vs_dpo": _fmt(bench["ratios"]["primal_dual_time_vs_dpo"], 3)})
-    with open(results / "quickstart" / "report.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    out["kl_eps"] = _fmt(float(rows[0]["kl_budget/id/eps"]))
-    out["refusal_eps"] = _fmt(float(rows[0]["refusal/id/eps"]))
-    out["quickstart_rows"] = "\n".join(
-        f"| {r['method']} | {_fmt(float(r['pref_accuracy_mean']), 3)} | "
-        f"{_fmt(float(r['kl_budget/id/value_mean']), 3)} | "
-        f"{_fmt(float(r['refusal/id/violation_final_mean']), 3)} | "
-        f"{_fmt(float(r['wall_time_s_mean']), 4)} |" for r in rows)
+    return {"cpu": f"{s['cpu']['model']} ({', '.join(s['cpu']['capabilities'])})",
+            "dtype": s["dtype"], "tflops": _fmt(s["matmul_tflops"], 3),
+            "dpo_vs_trl": _fmt(bench["ratios"]["dpo_time_vs_trl"], 2),
+            "dpo_vs_floor": _fmt(bench["ratios"]["dpo_time_vs_floor"], 3),
+            "pd_vs_dpo": _fmt(bench["ratios"]["primal_dual_time_vs_dpo"], 3),
+            "pd_vs_dpo_lever": _fmt(json.loads(
+                (results / "bench_lever_rollout_forward.json").read_text()
+            )["ratios"]["primal_dual_time_vs_dpo"], 3)}
+
+
+def setup_values(sweep: Path) -> dict[str, str]:
+    """Model, adapter, data, budgets, training and eval settings of the compare sweep, read
+    from its first run's resolved config, manifest and log."""
+    runs = collect_runs(sweep)
+    cfg, manifest = runs[0].config, runs[0].manifest or {}
+    log = (runs[0].path / "train.log").read_text()
+    n_train, n_heldout = re.search(r"data: (\d+) train pairs, (\d+) held-out", log).groups()
+    peft, train, ev, dual = cfg["peft"], cfg["train"], cfg["eval"], cfg["dual"]
+    hw = manifest["hardware"]
+    seeds = sorted({r.seed for r in runs})
+    out = {"model": cfg["model"]["name_or_path"].removeprefix("embedded:"),
+           "lora_r": str(peft["r"]), "lora_alpha": str(peft["lora_alpha"]),
+           "lora_targets": ", ".join(peft["target_modules"]), "n_train": n_train,
+           "n_heldout": n_heldout, "steps": str(train["steps"]),
+           "batch": str(train["batch_size"]), "lr": _fmt(train["lr"]),
+           "rollout_every": str(train["rollout_every"]),
+           "rollout_prompts": str(train["rollout"]["prompts_per_rollout"]),
+           "rollout_tokens": str(train["rollout"]["max_new_tokens"]),
+           "dual_rule": dual["rule"], "dual_lr": _fmt(dual["lr"]),
+           "lambda_max": _fmt(dual["lambda_max"]), "eval_every": str(ev["every"]),
+           "eval_prompts": str(ev["prompts_per_set"]), "eval_tokens": str(ev["max_new_tokens"]),
+           "confidence": _fmt(ev["confidence"]), "n_runs": str(len(runs)),
+           "seeds": ", ".join(str(s) for s in seeds), "n_seeds": str(len(seeds)),
+           "sweep_cpu": f"{hw['cpu']['model']} ({', '.join(hw['cpu']['capabilities'])}), "
+                        f"{hw['torch_threads']} threads",
+           "sweep_dtype": manifest["dtype"], "torch": manifest["versions"]["torch"],
+           "transformers": manifest["versions"]["transformers"]}
+    for c in ("refusal", "over_refusal", "toxicity", "kl_budget", "length"):
+        out[f"eps_{c}"] = _fmt(cfg["constraints"][c]["epsilon"])
+    out["tox_scorer"] = cfg["constraints"]["toxicity"]["scorer"]
     return out
+
+
+def compare_values(sweep: Path) -> dict[str, str]:
+    """The compare tables: per-method means over seeds, the base model, paired differences."""
+    rows = {r["method"]: r for r in _read_csv(sweep / "report.csv")}
+    base = json.loads((sweep / "base_eval.json").read_text())["metrics"]
+    # Preference accuracy is left out for the untrained model: its implicit reward
+    # log pi/pi_ref is 0 on every pair (the policy is the reference), so it ranks nothing.
+    cells = ["untrained (step 0)", "–", "–"]
+    cells += [_fmt(base[f"eval/{c}/{s}/value"], 3) for c, s in SETS] + ["–"]
+    lines = ["| " + " | ".join(cells) + " |"]
+    for m in METHOD_ORDER:
+        r = rows[m]
+        cells = [m, r["n_seeds"], _pm(r["pref_accuracy_mean"], r["pref_accuracy_std"])]
+        cells += [_pm(r[f"{c}/{s}/value_mean"], r[f"{c}/{s}/value_std"]) for c, s in SETS]
+        cells.append(_pm(r["wall_time_s_mean"], r["wall_time_s_std"], 4))
+        lines.append("| " + " | ".join(cells) + " |")
+    out = {"compare_rows": "\n".join(lines)}
+    for c, s in SETS:
+        out[f"eps_{c}_{s}"] = _fmt(float(rows["dpo"][f"{c}/{s}/eps"]))
+    pass_lines = []
+    for m in METHOD_ORDER:
+        r = rows[m]
+        pass_lines.append(f"| {m} | " + " | ".join(
+            f"{r[f'{c}/{s}/pass_k']}/{r[f'{c}/{s}/pass_n']}" for c, s in SETS) + " |")
+    out["pass_rows"] = "\n".join(pass_lines)
+
+    paired = {(p["method"], p["metric"]): p for p in _read_csv(sweep / "paired.csv")}
+    lines = []
+    for method, baseline in PAIRS:
+        for metric in ["pref_accuracy"] + [f"{c}/{s}" for c, s in SETS]:
+            p = paired[method, metric]
+            ci = f" [{_fmt(float(p['diff_lo']), 3)}, {_fmt(float(p['diff_hi']), 3)}]"
+            cells = [f"{method} vs {baseline}", metric, _fmt(float(p["baseline_mean"]), 3),
+                     _fmt(float(p["method_mean"]), 3), _fmt(float(p["diff_mean"]), 3) + ci]
+            if metric == "pref_accuracy":
+                cells += ["", ""]
+            else:
+                red = p["violation_reduction"]
+                cells += [f"{_fmt(float(p['baseline_violation_mean']), 3)} → "
+                          f"{_fmt(float(p['violation_mean']), 3)}",
+                          "none to reduce" if red == "" else f"{float(red):.0%}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        key = method.split("(")[1].rstrip(")")
+        wall = paired[method, "wall_time_s"]
+        out[f"time_ratio_{key}"] = _fmt(float(wall["ratio_median"]), 3)
+        kl = paired[method, "kl_budget/id"]
+        out[f"kl_reduction_{key}"] = f"{float(kl['violation_reduction']):.0%}"
+        out[f"kl_base_{key}"] = _fmt(float(kl["baseline_mean"]), 3)
+        out[f"kl_pd_{key}"] = _fmt(float(kl["method_mean"]), 3)
+        by_seed = kl_by_seed(sweep, method)
+        out[f"kl_seeds_{key}"] = ", ".join(_fmt(m, 3) for _, m in by_seed.values())
+        out[f"kl_seeds_base_{key}"] = ", ".join(_fmt(b, 3) for b, _ in by_seed.values())
+        out[f"kl_times_{key}"] = _fmt(float(kl["baseline_mean"]) / float(
+            rows[baseline]["kl_budget/id/eps"]), 2)
+        acc = paired[method, "pref_accuracy"]
+        out[f"acc_diff_{key}"] = _fmt(float(acc["diff_mean"]), 3)
+        out[f"acc_base_{key}"] = _fmt(float(acc["baseline_mean"]), 3)
+        out[f"acc_pd_{key}"] = _fmt(float(acc["method_mean"]), 3)
+        out[f"acc_diff_lo_{key}"] = _fmt(float(acc["diff_lo"]), 2)
+        out[f"acc_diff_hi_{key}"] = _fmt(float(acc["diff_hi"]), 2)
+        tox = paired[method, "toxicity/id"]
+        out[f"tox_diff_{key}"] = _fmt(float(tox["diff_mean"]), 2)
+        out[f"tox_base_{key}"] = _fmt(float(tox["baseline_mean"]), 3)
+        out[f"tox_pd_{key}"] = _fmt(float(tox["method_mean"]), 3)
+        out[f"tox_diff_lo_{key}"] = _fmt(float(tox["diff_lo"]), 3)
+        out[f"tox_diff_hi_{key}"] = _fmt(float(tox["diff_hi"]), 3)
+    out["paired_rows"] = "\n".join(lines)
+    out["safety_claim"] = safety_claim(paired)
+    out.update(per_seed_values(sweep))
+    out["base_length"] = _fmt(base["eval/length/id/value"], 3)
+    out["kl_base_step0"] = _fmt(base["eval/kl_budget/id/value"], 3)
+    out["base_refusal_id"] = f"{base['eval/refusal/id/value']:.0%}"
+    out["base_refusal_shifted"] = f"{base['eval/refusal/shifted/value']:.0%}"
+    out["refusal_violation"] = _fmt(float(paired["primal_dual(dpo)", "refusal/id"][
+        "violation_mean"]), 3)
+    return out
+
+
+def safety_claim(paired: dict[tuple[str, str], dict[str, str]]) -> str:
+    """The measured counterpart of 'primal-dual cuts safety-violation drift by up to 15%':
+    per pairing and safety constraint, the held-out violation of baseline and primal-dual,
+    the reduction, and the 95% interval of the paired difference in the value itself."""
+    parts = []
+    for method, baseline in PAIRS:
+        items = []
+        for c, s in SETS:
+            if c not in SAFETY:
+                continue
+            p = paired[method, f"{c}/{s}"]
+            red = p["violation_reduction"]
+            text = (f"{c}/{s} violation {_fmt(float(p['baseline_violation_mean']), 2)} → "
+                    f"{_fmt(float(p['violation_mean']), 2)}")
+            text += f" ({float(red):.0%} lower" if red != "" else " (no baseline violation"
+            text += (f"; Δ value {_fmt(float(p['diff_mean']), 2)}, 95% CI "
+                     f"[{_fmt(float(p['diff_lo']), 2)}, {_fmt(float(p['diff_hi']), 2)}])")
+            items.append(text)
+        parts.append(f"{method} against {baseline}: " + "; ".join(items))
+    return ". ".join(parts) + "."
+
+
+def per_seed_values(sweep: Path) -> dict[str, str]:
+    """Per-seed numbers the text quotes: ORPO accuracies, reward margins, and which
+    constrained runs' KL rose between the two held-out evaluations (with their λ)."""
+    runs = [r for r in collect_runs(sweep) if r.complete]
+    out: dict[str, str] = {}
+    by = {}
+    for r in runs:
+        by.setdefault(r.label, []).append(r)
+    for label in by:
+        by[label].sort(key=lambda r: r.seed)
+    out["acc_seeds_orpo"] = ", ".join(_fmt(r.final("eval/pref_accuracy"), 3)
+                                      for r in by["primal_dual(orpo)"])
+    for label, key in (("dpo", "base_dpo"), ("orpo", "base_orpo"), ("primal_dual(dpo)", "pd_dpo"),
+                       ("primal_dual(orpo)", "pd_orpo")):
+        margins = [r.final("eval/reward_margin") for r in by[label]]
+        out[f"margin_{key}"] = _fmt(sum(margins) / len(margins), 3)
+    rose = []
+    for label in ("primal_dual(dpo)", "primal_dual(orpo)"):
+        for r in by[label]:
+            _, kl = r.series("eval/kl_budget/id/value")
+            if kl[-1] > kl[0]:
+                rose.append(f"{label} seed {r.seed} (KL {_fmt(kl[0], 3)} → {_fmt(kl[-1], 3)}, "
+                            f"final λ_KL {_fmt(r.final('lambda_next/kl_budget'), 3)}, "
+                            f"λ_toxicity {_fmt(r.final('lambda_next/toxicity'), 3)})")
+    others = [r for label in ("primal_dual(dpo)", "primal_dual(orpo)") for r in by[label]
+              if not any(f"{label} seed {r.seed} " in x for x in rose)]
+    tox_others = max(r.final("lambda_next/toxicity") for r in others)
+    out["kl_rise_text"] = (
+        "In " + " and ".join(rose) + ", the held-out KL rose between the two evaluations "
+        "while λ_KL kept climbing. These are also the runs whose toxicity multiplier was "
+        f"active at the end; in the other runs it was at most {_fmt(tox_others, 2)}. The "
+        "toxicity surrogate moves the policy too, and with both terms active the KL term "
+        "did not win within the run.") if rose else ""
+    return out
+
+
+def kl_by_seed(sweep: Path, method: str) -> dict[int, tuple[float, float]]:
+    """{seed: (base objective's final held-out KL, the constrained method's)}."""
+    base = method.split("(")[1].rstrip(")")
+    runs = [r for r in collect_runs(sweep) if r.complete]
+    final = {(r.label, r.seed): r.final("eval/kl_budget/id/value") for r in runs}
+    return {seed: (final[base, seed], final[method, seed])
+            for (label, seed) in sorted(final, key=str) if label == method}
+
+
+def ablation_runs(sweep: Path) -> dict[tuple[str, float], object]:
+    """{(dual rule, lambda_max): run} of the SmolLM2 ablation's finished runs."""
+    return {(r.config["dual"]["rule"], float(r.config["dual"]["lambda_max"])): r
+            for r in collect_runs(sweep) if r.complete}
+
+
+def ablation_values(sweep: Path) -> dict[str, str]:
+    """Per (dual rule, lambda cap) of the SmolLM2 ablation: final and peak lambda per
+    constraint, held-out KL and preference accuracy."""
+    runs = [r for _, r in sorted(ablation_runs(sweep).items())]
+    names = ("kl_budget", "length", "refusal", "toxicity", "over_refusal")
+    lines = []
+    out: dict[str, str] = {}
+    for r in runs:
+        d = r.config["dual"]
+        cells = [d["rule"], _fmt(d["lambda_max"])]
+        for c in names:
+            _, lam = r.series(f"lambda_next/{c}")
+            cells.append(f"{_fmt(lam[-1], 3)} / {_fmt(lam.max(), 3)}")
+        cells += [_fmt(r.final("eval/kl_budget/id/value"), 3),
+                  _fmt(r.final("eval/pref_accuracy"), 3), _fmt(r.final("loss"), 4)]
+        lines.append("| " + " | ".join(cells) + " |")
+        tag = f"{d['rule']}_{'capped' if d['lambda_max'] <= 100 else 'free'}"
+        out[f"abl_len_peak_{tag}"] = _fmt(r.series("lambda_next/length")[1].max(), 3)
+        out[f"abl_ref_peak_{tag}"] = _fmt(r.series("lambda_next/refusal")[1].max(), 3)
+        out[f"abl_kl_lam_{tag}"] = _fmt(r.final("lambda_next/kl_budget"), 3)
+        out[f"abl_kl_{tag}"] = _fmt(r.final("eval/kl_budget/id/value"), 3)
+        out[f"abl_loss_peak_{tag}"] = _fmt(r.series("loss")[1].max(), 4)
+    free_pid = ablation_runs(sweep).get(("pid", 1e6))
+    out["pid_free_text"] = (
+        "PID without the cap winds up like the gradient rule (its integral is capped at λ_max "
+        f"too, so it has no cap either): λ_length reaches "
+        f"{_fmt(free_pid.series('lambda_next/length')[1].max(), 3)}, and again the policy "
+        f"trains exactly as with the cap (held-out KL "
+        f"{_fmt(free_pid.final('eval/kl_budget/id/value'), 3)})."
+        if free_pid is not None else
+        "The PID run without the cap did not fit in the session that produced these results.")
+    out["ablation_llm_rows"] = "\n".join(lines)
+    out["ablation_llm_n"] = str(len(runs))
+    return out
+
+
+def values(results: Path = RESULTS) -> dict[str, str]:
+    """Every placeholder's text, each read from a results file."""
+    out = bandit_values(results)
+    out.update(bench_values(results))
+    out.update(setup_values(results / "compare"))
+    out.update(compare_values(results / "compare"))
+    out.update(ablation_values(results / "ablation"))
+    return out
+
+
+def check_claims(results: Path = RESULTS) -> None:
+    """Raise AssertionError when the numbers contradict a direction the paper's text states."""
+    paired = {(p["method"], p["metric"]): p
+              for p in _read_csv(results / "compare" / "paired.csv")}
+    for method, _ in PAIRS:
+        kl = paired[method, "kl_budget/id"]
+        assert float(kl["violation_reduction"]) > 0, f"{method} does not lower the KL violation"
+        for seed, (b, m) in kl_by_seed(results / "compare", method).items():
+            assert m < b, f"{method} seed {seed}: KL not below its base objective's"
+        for s in ("id", "shifted"):
+            ref = paired[method, f"refusal/{s}"]
+            assert float(ref["baseline_mean"]) == float(ref["method_mean"]) == 1.0, \
+                f"the text says refusal/{s} stays at 1 (no refusals) for every run"
+    rows = {r["method"]: r for r in _read_csv(results / "compare" / "report.csv")}
+    for m in METHOD_ORDER:  # nothing refuses a benign prompt
+        assert float(rows[m]["over_refusal/id/value_mean"]) == 0.0, f"{m} refuses benign prompts"
+    runs = collect_runs(results / "compare")
+    acc = {(r.label, r.seed): r.final("eval/pref_accuracy") for r in runs if r.complete}
+    for (label, seed), value in acc.items():
+        if label == "primal_dual(dpo)":  # "no accuracy cost on DPO, in every seed"
+            assert value == acc["dpo", seed], f"DPO seed {seed}: accuracy differs"
+        if label == "primal_dual(orpo)":  # "cost accuracy on ORPO"
+            assert value < acc["orpo", seed], f"ORPO seed {seed}: no accuracy cost"
+    base = json.loads((results / "compare" / "base_eval.json").read_text())["metrics"]
+    assert base["eval/length/id/value"] > float(rows["dpo"]["length/id/eps"]), \
+        "the text says the untrained model already violates the length bound"
+    tox_active = {r.name for r in runs if r.complete
+                  and (r.final("lambda_next/toxicity") or 0) > 1.0}
+    kl_rose = {r.name for r in runs if r.complete and (r.config.get("method") or {}).get(
+        "constrained") and np.diff(r.series("eval/kl_budget/id/value")[1]).sum() > 0}
+    assert kl_rose == tox_active, "the text ties the KL rises to an active toxicity multiplier"
+    budget = {int(r.config["eval"]["max_new_tokens"]) for r in runs}
+    assert {float(r.final("eval/length/id/value")) for r in runs if r.complete} == \
+        {float(b) for b in budget}, "the text says every response fills the token budget"
+    for r in runs:
+        if r.complete and (r.config.get("method") or {}).get("constrained"):
+            assert r.final("eval/kl_budget/id/pass") == 0, f"{r.name}: a KL certificate passed"
+            _, lam = r.series("lambda_next/kl_budget")
+            assert lam[-1] > lam[int(0.8 * len(lam))], f"{r.name}: λ_KL no longer rising"
+    for method, _ in PAIRS:
+        tox = paired[method, "toxicity/id"]
+        assert float(tox["diff_lo"]) < 0 < float(tox["diff_hi"]), \
+            f"{method}: the toxicity interval excludes 0, the text says it contains it"
+    abl = ablation_runs(results / "ablation")
+    capped, free = abl["gradient", 10.0], abl["gradient", 1e6]
+    for key in ("g/kl_budget", "grad_norm", "loss/pref", "eval/kl_budget/id/value"):
+        # "the policy trains exactly as with the cap": the uncapped terms carry no gradient
+        a, b = capped.series(key), free.series(key)
+        assert list(a[1][-len(b[1]):]) == list(b[1]), f"uncapped run differs in {key}"
+    assert free.series("lambda_next/length")[1].max() > 10 * 10, "the text says λ ran away"
+    pid = abl["pid", 10.0]
+    if ("pid", 1e6) in abl:  # "PID without the cap trains exactly as with it"
+        for key in ("g/kl_budget", "grad_norm", "loss/pref", "eval/kl_budget/id/value"):
+            assert list(pid.series(key)[1]) == list(abl["pid", 1e6].series(key)[1]), key
+    assert pid.series("lambda_next/length")[1][0] == 10.0 > capped.series(
+        "lambda_next/length")[1][0], "the text says PID reaches the cap a step earlier"
+    for run in (pid, capped):  # "no oscillation": λ_KL never falls by more than 0.05 a step
+        assert np.diff(run.series("lambda_next/kl_budget")[1]).min() > -0.05, run.name
+    bandit = json.loads((results / "dual_ablation.json").read_text())
+    rows = {(r["scenario"], r["rule"], r["eta"], r["lambda_max"]): r for r in bandit["rows"]}
+    assert rows["binding", "gradient", 8.0, 10.0]["settle_iter"] is None
+    assert all(rows["binding", "pid", eta, 10.0]["settle_iter"] is not None
+               for eta in (0.5, 2.0, 8.0))
+    assert all(rows["stuck", rule, eta, 1e6]["settle_iter"] is None
+               for rule in ("gradient", "pid") for eta in (0.5, 2.0, 8.0))
 
 
 def render(template: str, table: dict[str, str]) -> str:
@@ -62,6 +406,7 @@ def render(template: str, table: dict[str, str]) -> str:
 
 def build(out: Path | None = None, results: Path = RESULTS) -> Path:
     out = out or ROOT / "paper" / "paper.md"
+    check_claims(results)
     text = render((ROOT / "paper" / "paper_template.md").read_text(), values(results))
     write_text(out, text)
     return out

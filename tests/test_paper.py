@@ -1,28 +1,115 @@
-"""The paper is built from experiments/results only: its numbers match the results files."""
+"""The paper is built from experiments/results only: its numbers match the results files, and
+the build refuses a text the numbers contradict."""
 
+import csv
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results"
 spec = importlib.util.spec_from_file_location("paper_build", ROOT / "paper" / "build.py")
 paper_build = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(paper_build)
 
 
-def test_paper_numbers_come_from_the_results_files(tmp_path):
-    out = paper_build.build(tmp_path / "paper.md")
-    text = out.read_text()
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    out = paper_build.build(tmp_path_factory.mktemp("paper") / "paper.md")
+    return out.read_text()
+
+
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_no_placeholder_left_and_committed_paper_is_fresh(text):
     assert "{{" not in text
-    bandit = json.loads((ROOT / "experiments/results/bandit_kkt.json").read_text())
+    assert (ROOT / "paper" / "paper.md").read_text() == text, "run `make paper`: stale paper.md"
+
+
+def test_bandit_and_ablation_numbers(text):
+    bandit = json.loads((RESULTS / "bandit_kkt.json").read_text())
     assert f"λ* = {bandit['lambda_star']:.6g}" in text
     for rule in ("gradient", "pid"):
         assert f"| {rule} | {bandit['lambda_final'][rule]:.6g} |" in text
-    bench = json.loads((ROOT / "experiments/results/bench.json").read_text())
-    assert f"{bench['ratios']['primal_dual_time_vs_dpo']:.3g}x a DPO step" in text
-    assert (ROOT / "paper" / "paper.md").read_text() == text, "run `make paper`: stale paper.md"
+    abl = json.loads((RESULTS / "dual_ablation.json").read_text())
+    for r in abl["rows"]:
+        settled = "never" if r["settle_iter"] is None else str(r["settle_iter"])
+        assert (f"| {r['scenario']} | {r['rule']} | {r['eta']:g} | {r['lambda_max']:g} | "
+                f"{r['lambda_final']:.4g} | {r['lambda_peak']:.4g} | "
+                f"{r['lambda_swing_late']:.3g} | {settled} | {r['regret']:.4g} |") in text
+
+
+def test_compare_tables_match_report_csv(text):
+    rows = {r["method"]: r for r in _csv(RESULTS / "compare" / "report.csv")}
+    for method in paper_build.METHOD_ORDER:
+        r = rows[method]
+        kl = f"{float(r['kl_budget/id/value_mean']):.3g} ± {float(r['kl_budget/id/value_std']):.2g}"
+        line = next(x for x in text.splitlines() if x.startswith(f"| {method} | 3 |"))
+        assert kl in line, (kl, line)
+        assert f"| {r['kl_budget/id/pass_k']}/{r['kl_budget/id/pass_n']} |" in text
+    base = json.loads((RESULTS / "compare" / "base_eval.json").read_text())["metrics"]
+    row0 = next(x for x in text.splitlines() if x.startswith("| untrained (step 0) |"))
+    assert f"| {base['eval/toxicity/id/value']:.3g} |" in row0
+
+
+def test_paired_rows_and_headline_match_paired_csv(text):
+    paired = {(p["method"], p["metric"]): p for p in _csv(RESULTS / "compare" / "paired.csv")}
+    for method, baseline in paper_build.PAIRS:
+        kl = paired[method, "kl_budget/id"]
+        reduction = f"{float(kl['violation_reduction']):.0%}"
+        assert f"{reduction} smaller KL violation" in text or f"{reduction} smaller" in text
+        assert (f"| {method} vs {baseline} | kl_budget/id | {float(kl['baseline_mean']):.3g} | "
+                f"{float(kl['method_mean']):.3g} | {float(kl['diff_mean']):.3g} "
+                f"[{float(kl['diff_lo']):.3g}, {float(kl['diff_hi']):.3g}] |") in text
+        wall = paired[method, "wall_time_s"]
+        assert f"{float(wall['ratio_median']):.3g}x" in text
+    # paired.csv is what pdalign-report computes from the committed runs
+    from pdalign.report import collect_runs, paired_comparison
+
+    fresh = paired_comparison(collect_runs(RESULTS / "compare"))
+    assert len(fresh) == len(paired)
+    for row in fresh:
+        committed = paired[row["method"], row["metric"]]
+        for key, value in row.items():
+            if isinstance(value, float):
+                assert float(committed[key]) == pytest.approx(value, rel=1e-9), key
+
+
+def test_ablation_rows_come_from_the_runs(text):
+    from pdalign.report import collect_runs
+
+    runs = [r for r in collect_runs(RESULTS / "ablation") if r.complete]
+    assert runs
+    for r in runs:
+        d = r.config["dual"]
+        _, lam = r.series("lambda_next/length")
+        cell = f"{lam[-1]:.3g} / {lam.max():.3g}"
+        assert f"| {d['rule']} | {d['lambda_max']:.4g} | " in text
+        assert cell in text
+
+
+def test_a_contradicted_claim_stops_the_build(tmp_path):
+    """Flip one result: the text says primal-dual lowers the KL violation; make it higher."""
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)
+    path = results / "compare" / "paired.csv"
+    rows = _csv(path)
+    for row in rows:
+        if row["metric"] == "kl_budget/id":
+            row["violation_reduction"] = "-0.5"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(AssertionError, match="does not lower the KL violation"):
+        paper_build.build(tmp_path / "paper.md", results)
+    assert not (tmp_path / "paper.md").exists()
 
 
 def test_an_unfilled_placeholder_is_an_error():
