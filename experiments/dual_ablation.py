@@ -117,14 +117,6 @@ def run_ablation(iters: int = ITERS) -> tuple[dict, dict[str, dict]]:
     return summary, traces
 
 
-def row(summary: dict, scenario: str, rule: str, eta: float, cap: float) -> dict:
-    """The summary row of one ablation point."""
-    for r in summary["rows"]:
-        if (r["scenario"], r["rule"], r["eta"], r["lambda_max"]) == (scenario, rule, eta, cap):
-            return r
-    raise KeyError(f"no ablation row {scenario}/{rule}/{eta}/{cap}")
-
-
 def markdown(summary: dict) -> str:
     lines = [
         "# Dual-update ablation on the closed-form bandit",

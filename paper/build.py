@@ -195,8 +195,6 @@ def compare_values(sweep: Path) -> dict[str, str]:
         out[f"acc_diff_hi_{key}"] = _fmt(float(acc["diff_hi"]), 2)
         tox = paired[method, "toxicity/id"]
         out[f"tox_diff_{key}"] = _fmt(float(tox["diff_mean"]), 2)
-        out[f"tox_base_{key}"] = _fmt(float(tox["baseline_mean"]), 3)
-        out[f"tox_pd_{key}"] = _fmt(float(tox["method_mean"]), 3)
         out[f"tox_diff_lo_{key}"] = _fmt(float(tox["diff_lo"]), 3)
         out[f"tox_diff_hi_{key}"] = _fmt(float(tox["diff_hi"]), 3)
     out["paired_rows"] = "\n".join(lines)
@@ -316,7 +314,6 @@ def ablation_values(sweep: Path) -> dict[str, str]:
         if free_pid is not None else
         "The PID run without the cap did not fit in the session that produced these results.")
     out["ablation_llm_rows"] = "\n".join(lines)
-    out["ablation_llm_n"] = str(len(runs))
     return out
 
 
