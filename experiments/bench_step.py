@@ -115,6 +115,8 @@ TRAINERS = {
     "trl_dpo_quickstart": Trainer("trl", "dpo", data="quickstart"),
     "dpo_qlora": Trainer("pdalign", "dpo", qlora=True),
     "dpo_recompute": Trainer("pdalign", "dpo", extra=("train.activation_checkpointing=1",)),
+    "dpo_unshared": Trainer("pdalign", "dpo", extra=("train.share_prompt=false",)),
+    "orpo_unshared": Trainer("pdalign", "orpo", floor="orpo", extra=("train.share_prompt=false",)),
     "trl_dpo_qlora": Trainer("trl", "dpo", qlora=True),
 }
 # Matmul passes of 2*N*T per step: forward, LoRA backward (~ one forward), reference forward.
@@ -130,6 +132,9 @@ NOTES = {
     "dpo_qlora": "peft=qlora: nf4 + double quant base, 8-bit AdamW",
     "dpo_recompute": "train.activation_checkpointing=1: decoder activations recomputed in "
                      "backward (memory for time)",
+    "dpo_unshared": "train.share_prompt=false: the prompt runs twice per pair, once with chosen "
+                    "and once with rejected (the lever's off state)",
+    "orpo_unshared": "train.share_prompt=false (the lever's off state)",
     "trl_dpo_qlora": "nf4 + double quant base, optim=adamw_bnb_8bit; adapters cast back to the "
                      "dtype rule's dtype after TRL's bf16 cast",
 }
@@ -154,6 +159,10 @@ EXTRA_PAIRS = {
     "dpo_recompute_time_vs_trl": ("dpo_recompute", "trl_dpo", "s_per_step"),
     "dpo_recompute_peak_rss_vs_dpo": ("dpo_recompute", "dpo", "peak_rss_mb"),
     "dpo_recompute_time_vs_dpo": ("dpo_recompute", "dpo", "s_per_step"),
+    "dpo_time_vs_unshared": ("dpo", "dpo_unshared", "s_per_step"),
+    "dpo_peak_rss_vs_unshared": ("dpo", "dpo_unshared", "peak_rss_mb"),
+    "orpo_time_vs_unshared": ("orpo", "orpo_unshared", "s_per_step"),
+    "orpo_peak_rss_vs_unshared": ("orpo", "orpo_unshared", "peak_rss_mb"),
 }
 
 

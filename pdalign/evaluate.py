@@ -305,7 +305,8 @@ def _score_pairs(model, features: Sequence[Mapping], pad_id: int, *, with_ref: b
         b = batch["index"].shape[0]
         out = sequence_logps(model, batch["input_ids"].to(device),
                              batch["attention_mask"].to(device), batch["labels"].to(device),
-                             with_ref=with_ref or with_kl, with_kl=with_kl, ref_model=ref_model)
+                             with_ref=with_ref or with_kl, with_kl=with_kl, ref_model=ref_model,
+                             pairs=b)
         fields = [out.logps, out.n_tokens, out.kl, out.ref_logps]  # each (2B,) or None
         for side, rows in (("chosen", slice(0, b)), ("rejected", slice(b, 2 * b))):
             parts[side].append([None if f is None else f[rows].detach().float().cpu()

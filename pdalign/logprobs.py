@@ -11,6 +11,12 @@ multiply: no logits are kept for backward and none are recomputed. The exact per
 ``KL(pi || pi_ref) = sum_v p_v (log p_v - log q_v)`` is fused the same way, with gradient
 ``d KL / d h = (p * (log p - log q - KL)) @ W``. A trainable LM head (full fine-tuning)
 takes a generic path: the same per-chunk math under activation checkpointing.
+
+Chosen and rejected share their prompt. With ``pairs=B`` the prompt runs through the decoder
+once per pair, keeping its KV cache (with gradients); chosen and rejected then continue from it
+at their own positions. Causal attention makes this the same computation as two full rows
+(prompt tokens never see the response), minus the prompt's second copy: its decoder FLOPs and
+saved activations, for the policy and again for the reference.
 """
 
 from __future__ import annotations
@@ -64,6 +70,120 @@ def response_positions(labels: torch.Tensor):
     targets = labels[:, 1:][mask]  # (M,)
     row = mask.nonzero(as_tuple=True)[0]  # (M,)
     return mask, targets, row
+
+
+@dataclass
+class ResponseStates:
+    """Hidden states at every position that predicts a response token, rows in order."""
+
+    h: torch.Tensor  # (M, H)
+    targets: torch.Tensor  # (M,) the predicted token ids
+    row: torch.Tensor  # (M,) the row each token belongs to
+    n_tokens: torch.Tensor  # (N,) float, response tokens per row
+
+
+def _split_pairs(input_ids, attention_mask, labels, pairs: int):
+    """Prompt rows and response rows of a [chosen ; rejected] batch whose row i and row
+    ``pairs + i`` share their prompt.
+
+    Returns (prompt_ids (P, Tp), prompt_mask, prompt_len (P,), resp_ids (2P, Tr),
+    resp_mask, resp_labels), all right-padded, responses interleaved (chosen 0, rejected 0,
+    chosen 1, ...) to match the prompt cache repeated row by row.
+    """
+    n, width = labels.shape
+    is_resp = labels != -100
+    # labels are -100 on the prompt, then the response, then padding
+    first = torch.where(is_resp.any(1), is_resp.float().argmax(1), torch.full_like(labels[:, 0], width))
+    prompt_len = first[:pairs]
+    if not torch.equal(prompt_len, first[pairs:2 * pairs]):
+        raise ValueError("sequence_logps(pairs=...): chosen and rejected rows of a pair have "
+                         "different prompt lengths; pass pairs=None for unrelated rows")
+    tp = int(prompt_len.max())
+    cols = torch.arange(tp, device=labels.device)
+    prompt_mask = (cols[None, :] < prompt_len[:, None]).to(attention_mask.dtype)
+    prompt_ids = input_ids[:pairs, :tp] * prompt_mask
+    if not torch.equal(prompt_ids, input_ids[pairs:2 * pairs, :tp] * prompt_mask):
+        raise ValueError("sequence_logps(pairs=...): row i and row pairs+i must share their "
+                         "prompt tokens; pass pairs=None for unrelated rows")
+    order = torch.stack([torch.arange(pairs), torch.arange(pairs) + pairs], 1).reshape(-1)
+    order = order.to(labels.device)
+    resp_len = is_resp[:2 * pairs].sum(1)[order]
+    tr = int(resp_len.max())
+    idx = first[order][:, None] + torch.arange(tr, device=labels.device)[None, :]
+    resp_mask = (torch.arange(tr, device=labels.device)[None, :] < resp_len[:, None])
+    idx = idx.clamp(max=width - 1)
+    resp_ids = input_ids[order].gather(1, idx) * resp_mask
+    resp_labels = labels[order].gather(1, idx).masked_fill(~resp_mask, -100)
+    return (prompt_ids, prompt_mask, prompt_len, resp_ids, resp_mask.to(attention_mask.dtype),
+            resp_labels)
+
+
+def _shared_prompt_states(model, input_ids, attention_mask, labels, pairs: int) -> ResponseStates:
+    """Response hidden states of 2·pairs rows with each prompt run once, not twice.
+
+    The prompt goes through the decoder once per pair (with its KV cache kept, gradients
+    flowing through it); chosen and rejected continue from that cache at their own
+    positions. Causal attention makes this the same computation as two full rows: prompt
+    tokens never attend to the response. Saves the prompt's share of the decoder's FLOPs and
+    saved activations once for the policy and once for the reference.
+    """
+    decoder, _ = _decoder_and_head(model)
+    p_ids, p_mask, p_len, r_ids, r_mask, r_labels = _split_pairs(
+        input_ids, attention_mask, labels, pairs)
+    out = decoder(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
+    h_prompt = out.last_hidden_state  # (P, Tp, H)
+    last = h_prompt[torch.arange(pairs, device=p_len.device), p_len - 1]  # (P, H)
+    cols = [last.repeat_interleave(2, dim=0)[:, None]]  # predicts each response's 1st token
+    if r_ids.shape[1] > 1:  # the last response token predicts nothing: not fed
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(2)
+        steps = torch.arange(r_ids.shape[1] - 1, device=p_len.device)
+        cont = decoder(input_ids=r_ids[:, :-1],
+                       attention_mask=torch.cat([p_mask.repeat_interleave(2, dim=0),
+                                                 r_mask[:, :-1]], dim=1),
+                       position_ids=p_len.repeat_interleave(2)[:, None] + steps[None, :],
+                       past_key_values=cache, use_cache=True)
+        cols.append(cont.last_hidden_state)
+    h_all = torch.cat(cols, dim=1)  # (2P, Tr, H): column j predicts response token j
+    back = torch.cat([torch.arange(0, 2 * pairs, 2), torch.arange(1, 2 * pairs, 2)])
+    back = back.to(p_len.device)  # interleaved -> [chosen ; rejected]
+    h_all, r_labels = h_all[back], r_labels[back]
+    mask = r_labels != -100
+    return ResponseStates(h_all[mask], r_labels[mask], mask.nonzero(as_tuple=True)[0],
+                          mask.sum(1).float())
+
+
+def _drops_kv_cache(model) -> bool:
+    """True when a decoder layer would drop the KV cache in this call: transformers turns the
+    cache off in layers under activation checkpointing while in training mode."""
+    decoder, _ = _decoder_and_head(model)
+    return any(getattr(m, "gradient_checkpointing", False) and m.training
+               for m in decoder.modules())
+
+
+def response_states(model, input_ids, attention_mask, labels, pairs: int | None = None
+                    ) -> ResponseStates:
+    """Hidden states predicting every response token of ``labels`` (N, T).
+
+    Args:
+        pairs: rows ``i`` and ``pairs + i`` (i < pairs) share a prompt, which then runs once
+            (`_shared_prompt_states`); rows from ``2 * pairs`` on take a plain forward. None:
+            every row a plain forward. Under activation checkpointing in training mode, where
+            transformers drops the KV cache, every row takes a plain forward (same numbers).
+    """
+    n = labels.shape[0]
+    if not pairs or _drops_kv_cache(model):
+        mask, targets, row = response_positions(labels)
+        h = _hidden_states(model, input_ids, attention_mask)[:, :-1][mask]
+        return ResponseStates(h, targets, row, mask.sum(1).float())
+    shared = _shared_prompt_states(model, input_ids, attention_mask, labels, pairs)
+    if n == 2 * pairs:
+        return shared
+    rest = response_states(model, input_ids[2 * pairs:], attention_mask[2 * pairs:],
+                           labels[2 * pairs:])
+    return ResponseStates(torch.cat([shared.h, rest.h]), torch.cat([shared.targets, rest.targets]),
+                          torch.cat([shared.row, rest.row + 2 * pairs]),
+                          torch.cat([shared.n_tokens, rest.n_tokens]))
 
 
 def _chunk_size(vocab: int) -> int:
@@ -170,8 +290,8 @@ def _per_sequence(values: torch.Tensor, row: torch.Tensor, n: int) -> torch.Tens
 
 
 def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool = False,
-                   with_kl: bool = False, ref_model=None, ref_rows: int | None = None
-                   ) -> SequenceLogps:
+                   with_kl: bool = False, ref_model=None, ref_rows: int | None = None,
+                   pairs: int | None = None) -> SequenceLogps:
     """Summed response log-probs per sequence from one forward (differentiable in the policy).
 
     Args:
@@ -183,51 +303,57 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
         ref_rows: reference log-probs and KL only for the first ``ref_rows`` rows (the
             preference pairs); the rest (rollout samples sharing the forward) get zeros there.
             Default: all rows.
+        pairs: the first ``2 * pairs`` rows are [chosen ; rejected] of ``pairs`` pairs whose
+            prompt is run once per pair (`response_states`); the same numbers as None up to
+            float rounding, with less work.
     """
     n = input_ids.shape[0]
-    mask, targets, row = response_positions(labels)
-    n_tokens = mask.sum(1).float()  # (N,)
     _, head = _decoder_and_head(model)
     weight = head.weight  # (V, H)
     if getattr(head, "bias", None) is not None:
         raise NotImplementedError("LM heads with a bias are not supported by sequence_logps")
-    h = _hidden_states(model, input_ids, attention_mask)[:, :-1][mask]  # (M, H)
+    st = response_states(model, input_ids, attention_mask, labels, pairs)
     if not (with_ref or with_kl):
-        logp, _, _ = token_logprobs(h, weight, targets)
-        return SequenceLogps(_per_sequence(logp, row, n), n_tokens)
+        logp, _, _ = token_logprobs(st.h, weight, st.targets)
+        return SequenceLogps(_per_sequence(logp, st.row, n), st.n_tokens)
     r = n if ref_rows is None else ref_rows
-    m_ref = int(mask[:r].sum())  # response tokens of the leading rows come first in (M,)
+    m_ref = int(st.n_tokens[:r].sum())  # response tokens of the leading rows come first in (M,)
+    ref_pairs = pairs if pairs and r >= 2 * pairs else None
     with torch.no_grad(), reference_mode(model, ref_model) as ref:
-        h_ref = _hidden_states(ref, input_ids[:r], attention_mask[:r])[:, :-1][mask[:r]]
+        h_ref = response_states(ref, input_ids[:r], attention_mask[:r], labels[:r], ref_pairs).h
     if with_kl:
-        logp_a, ref_logp, kl = token_logprobs(h[:m_ref], weight, targets[:m_ref], h_ref)
+        logp_a, ref_logp, kl = token_logprobs(st.h[:m_ref], weight, st.targets[:m_ref], h_ref)
     else:  # reference log-probs alone need no policy-side reference matmuls
-        logp_a, _, _ = token_logprobs(h[:m_ref], weight, targets[:m_ref])
+        logp_a, _, _ = token_logprobs(st.h[:m_ref], weight, st.targets[:m_ref])
         with torch.no_grad():
-            ref_logp, _, _ = token_logprobs(h_ref, weight, targets[:m_ref])
+            ref_logp, _, _ = token_logprobs(h_ref, weight, st.targets[:m_ref])
         kl = None
-    if m_ref < h.shape[0]:
-        logp_b, _, _ = token_logprobs(h[m_ref:], weight, targets[m_ref:])
+    if m_ref < st.h.shape[0]:
+        logp_b, _, _ = token_logprobs(st.h[m_ref:], weight, st.targets[m_ref:])
         logp = torch.cat([logp_a, logp_b])
     else:
         logp = logp_a
     return SequenceLogps(
-        logps=_per_sequence(logp, row, n),
-        n_tokens=n_tokens,
-        kl=None if kl is None else _per_sequence(kl, row[:m_ref], n),
-        ref_logps=_per_sequence(ref_logp, row[:m_ref], n),
+        logps=_per_sequence(logp, st.row, n),
+        n_tokens=st.n_tokens,
+        kl=None if kl is None else _per_sequence(kl, st.row[:m_ref], n),
+        ref_logps=_per_sequence(ref_logp, st.row[:m_ref], n),
     )
 
 
 @torch.no_grad()
-def reference_logps(model, input_ids, attention_mask, labels, ref_model=None) -> torch.Tensor:
-    """Summed reference log-probs per sequence (adapter disabled, or ``ref_model``)  # (N,)."""
-    mask, targets, row = response_positions(labels)
+def reference_logps(model, input_ids, attention_mask, labels, ref_model=None,
+                    pairs: int | None = None) -> torch.Tensor:
+    """Summed reference log-probs per sequence (adapter disabled, or ``ref_model``)  # (N,).
+
+    Args:
+        pairs: as in `sequence_logps`: the first 2·pairs rows share prompts pairwise.
+    """
     _, head = _decoder_and_head(model)
     with reference_mode(model, ref_model) as ref:
-        h = _hidden_states(ref, input_ids, attention_mask)[:, :-1][mask]
-    logp, _, _ = token_logprobs(h, head.weight, targets)
-    return _per_sequence(logp, row, input_ids.shape[0])
+        st = response_states(ref, input_ids, attention_mask, labels, pairs)
+    logp, _, _ = token_logprobs(st.h, head.weight, st.targets)
+    return _per_sequence(logp, st.row, input_ids.shape[0])
 
 
 # ---- reference log-probs computed once and cached on disk ----------------------------------
@@ -282,7 +408,8 @@ def precompute_reference(model, features: list[dict], collate_fn, cache_path, *,
             b = len(batch["index"])
             logps = reference_logps(model, batch["input_ids"].to(device),
                                     batch["attention_mask"].to(device),
-                                    batch["labels"].to(device), ref_model=ref_model).float().cpu()
+                                    batch["labels"].to(device), ref_model=ref_model,
+                                    pairs=b).float().cpu()
             rows.append(torch.stack([logps[:b], logps[b:]], dim=1))
         table = torch.cat(rows)
         with atomic_open(cache_path, "wb") as fh:

@@ -52,7 +52,8 @@ PIN_FRAC = 0.99  # λ ≥ 0.99·λ_max counts as "at the cap" (λ is clipped, so
 # (activation checkpointing recomputes the same values). Any other difference splits a label,
 # e.g. "primal_dual(dpo) [dual.lr=0.1]".
 NON_DEFINING_KEYS = ("seed", "logging.", "hydra.", "train.resume", "train.threads",
-                     "train.ref_cache_dir", "train.activation_checkpointing")
+                     "train.ref_cache_dir", "train.activation_checkpointing",
+                     "train.share_prompt")
 # Display units of the bundled constraints, for axis labels only; others get a generic label.
 UNITS = {"refusal": "rate", "over_refusal": "rate", "toxicity": "rate",
          "kl_budget": "nats/token", "length": "tokens"}

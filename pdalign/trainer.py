@@ -70,10 +70,11 @@ class PolicyForward(torch.nn.Module):
         self.model = model
         self._ref = [ref_model]  # a list keeps the frozen copy out of the module tree
 
-    def forward(self, input_ids, attention_mask, labels, ref_rows: int = 0, with_kl: bool = False):
+    def forward(self, input_ids, attention_mask, labels, ref_rows: int = 0, with_kl: bool = False,
+                pairs: int | None = None):
         out = sequence_logps(self.model, input_ids, attention_mask, labels,
                              with_ref=ref_rows > 0, with_kl=with_kl and ref_rows > 0,
-                             ref_model=self._ref[0], ref_rows=ref_rows or None)
+                             ref_model=self._ref[0], ref_rows=ref_rows or None, pairs=pairs)
         return {k: v for k, v in vars(out).items() if v is not None}
 
 
@@ -289,6 +290,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     # pairs' here) instead of being padded to the pairs' width. Under DDP one forward per
     # backward is required, so they share the pairs' forward there.
     shared_forward = accelerator.num_processes > 1
+    # Chosen and rejected share their prompt: it runs once per pair (policy and reference),
+    # the same numbers with the prompt's share of the decoder work and activations saved.
+    share_prompt = bool(tcfg.get("share_prompt", True))
     rollouts = None
     if any(c.kind == "rollout" for c in constraints):
         from pdalign.rollout import RolloutManager
@@ -351,7 +355,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 labels = _pad_cat(labels, ro["labels"], -100)
             with accelerator.accumulate(policy), autocast(dtype, device.type):
                 out = policy(ids, mask, labels, ref_rows=2 * b if ref_in_step else 0,
-                             with_kl=needs_kl)
+                             with_kl=needs_kl, pairs=b if share_prompt else None)
                 pref = {"chosen_logps": out["logps"][:b], "rejected_logps": out["logps"][b:2 * b],
                         "chosen_n_tokens": out["n_tokens"][:b],
                         "rejected_n_tokens": out["n_tokens"][b:2 * b]}

@@ -130,3 +130,18 @@ def test_recompute_row_differs_from_dpo_only_by_activation_checkpointing(tmp_pat
     assert rows["dpo_recompute"] == rows["dpo"] + ["train.activation_checkpointing=1"]
     assert bench.compose(rows["dpo_recompute"]).train.activation_checkpointing == 1
     assert bench.compose(rows["dpo"]).train.activation_checkpointing == 0
+
+
+def test_unshared_rows_differ_only_by_share_prompt(tmp_path):
+    bench = _load_bench()
+    base = {"model": "tiny", "qlora": False, "data_path": str(tmp_path / "d.jsonl"),
+            "warmup": 1, "steps": 1, "batch": 2, "threads": 1, "precompute": False,
+            "work_dir": str(tmp_path)}
+    for method in ("dpo", "orpo"):
+        rows = {}
+        for name in (method, f"{method}_unshared"):
+            t = bench.TRAINERS[name]
+            rows[name] = bench.overrides({**base, "method": t.method, "extra": list(t.extra)})
+        assert rows[f"{method}_unshared"] == rows[method] + ["train.share_prompt=false"]
+        assert bench.compose(rows[method]).train.share_prompt is True
+        assert bench.compose(rows[f"{method}_unshared"]).train.share_prompt is False

@@ -163,3 +163,103 @@ def test_activation_checkpointing_gives_the_same_logps_and_gradients(every):
     assert any(g.abs().sum() > 0 for g in g0)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---- a pair's prompt run once (pairs=B) ----------------------------------------------------
+
+def _pair_batch(prompts, chosen, rejected, extra=()):
+    """[chosen ; rejected] rows as `pdalign.data.collate` lays them out (right-padded), plus
+    ``extra`` (prompt, response) rows that share nothing (rollout rows under DDP)."""
+    seqs = list(zip(prompts, chosen)) + list(zip(prompts, rejected)) + list(extra)
+    width = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for i, (p, r) in enumerate(seqs):
+        ids[i, :len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, :len(p) + len(r)] = 1
+        labels[i, len(p):len(p) + len(r)] = torch.tensor(r)
+    return ids, mask, labels
+
+
+# prompts of 3, 1 and 5 tokens; responses of 1 to 6 tokens, so both the prompt block and the
+# response block are ragged (the longest full row is neither the longest prompt nor response)
+PROMPTS = [[5, 6, 7], [8], [10, 11, 12, 13, 14]]
+CHOSEN = [[20, 21, 22, 23], [24, 25, 26, 27, 28, 29], [30]]
+REJECTED = [[40], [41, 42], [43, 44, 45, 46]]
+
+
+def test_shared_prompt_matches_full_log_softmax_values_and_gradients():
+    model = _lora(build_tiny(V, seed=0))
+    ids, mask, labels = _pair_batch(PROMPTS, CHOSEN, REJECTED)
+    out = sequence_logps(model, ids, mask, labels, with_kl=True, pairs=3)
+    logp, ref, kl, n = _naive(model, ids, mask, labels)
+    assert out.n_tokens.tolist() == n.tolist() == [4.0, 6.0, 1.0, 1.0, 2.0, 4.0]
+    torch.testing.assert_close(out.logps, logp, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.ref_logps, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
+    assert (out.kl > 0).all()
+    params = [p for p in model.parameters() if p.requires_grad]
+    w = torch.tensor([1.0, -2.0, 3.0, 0.5, -1.0, 2.0])
+    ours = torch.autograd.grad((w * out.logps).sum() + 3 * out.kl.sum(), params)
+    theirs = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), params)
+    assert any(g.abs().sum() > 0 for g in theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_shared_prompt_runs_the_prompt_once():
+    """The decoder sees each prompt token once: 3 prompts + the responses minus their last
+    token (which predicts nothing), against 2 full rows per pair without sharing."""
+    model = _lora(build_tiny(V, seed=0))
+    ids, mask, labels = _pair_batch(PROMPTS, CHOSEN, REJECTED)
+    seen = []
+    embed = model.get_base_model().get_input_embeddings()
+    hook = embed.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    sequence_logps(model, ids, mask, labels, pairs=3)
+    sequence_logps(model, ids, mask, labels)
+    hook.remove()
+    # prompts (3 x 5), continuations (6 x 6-1): 45 token slots; the full rows: 6 x 9 = 54
+    assert seen == [(3, 5), (6, 5), (6, 9)]
+
+
+def test_shared_prompt_with_extra_rows_and_ref_rows():
+    """Rows after the pairs (rollout samples joined under DDP) take a plain forward; the
+    reference and KL cover the pairs only."""
+    model = _lora(build_tiny(V, seed=4))
+    extra = [([50, 51], [60, 61, 62]), ([52, 53, 54, 55, 56, 57], [63])]
+    ids, mask, labels = _pair_batch(PROMPTS, CHOSEN, REJECTED, extra)
+    shared = sequence_logps(model, ids, mask, labels, with_kl=True, ref_rows=6, pairs=3)
+    plain = sequence_logps(model, ids, mask, labels, with_kl=True, ref_rows=6)
+    torch.testing.assert_close(shared.logps, plain.logps, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared.kl, plain.kl, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(shared.ref_logps, plain.ref_logps, rtol=1e-5, atol=1e-5)
+    assert shared.kl[6:].tolist() == [0.0, 0.0] and shared.n_tokens.tolist()[6:] == [3.0, 1.0]
+
+
+def test_shared_prompt_refuses_rows_that_do_not_share_a_prompt():
+    model = _lora(build_tiny(V, seed=0))
+    ids, mask, labels = _pair_batch(PROMPTS, CHOSEN, REJECTED)
+    with pytest.raises(ValueError, match="different prompt lengths; pass pairs=None"):
+        sequence_logps(model, ids, mask, labels, pairs=2)  # row 0 against row 2
+    ids[3, 1] = 9  # same length, different second prompt token in the first pair's rejected
+    with pytest.raises(ValueError, match="must share their prompt tokens; pass pairs=None"):
+        sequence_logps(model, ids, mask, labels, pairs=3)
+
+
+def test_shared_prompt_under_activation_checkpointing_falls_back_to_full_rows():
+    """transformers drops the KV cache in checkpointed layers while training, so the rows run
+    whole there: same numbers, and no continuation that silently lost its prompt."""
+    from pdalign.trainer import enable_activation_checkpointing
+
+    model = build_tiny(V, seed=0)
+    enable_activation_checkpointing(model, 1)
+    torch.manual_seed(0)
+    model = _lora(model)
+    model.train()
+    ids, mask, labels = _pair_batch(PROMPTS, CHOSEN, REJECTED)
+    out = sequence_logps(model, ids, mask, labels, pairs=3)
+    logp, _, _, _ = _naive(model, ids, mask, labels)
+    torch.testing.assert_close(out.logps, logp, rtol=1e-5, atol=1e-4)
+    model.eval()  # no checkpointing in eval mode: the prompt is shared again, same values
+    torch.testing.assert_close(sequence_logps(model, ids, mask, labels, pairs=3).logps, logp,
+                               rtol=1e-5, atol=1e-4)

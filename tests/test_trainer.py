@@ -52,6 +52,32 @@ def test_dpo_does_run_the_reference(tmp_path, monkeypatch):
     assert len(calls) == 2  # once per step, inside the policy forward
 
 
+@pytest.mark.parametrize("method", ["dpo", "primal_dual"])
+def test_shared_prompt_trains_like_full_rows(tmp_path, monkeypatch, method):
+    """train.share_prompt runs each pair's prompt once; the run is the same run (losses, and
+    for primal-dual the KL estimate and lambda, equal to float rounding)."""
+    shared_calls = []
+    original = pdalign.logprobs._shared_prompt_states
+
+    def counting(*args, **kwargs):
+        shared_calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pdalign.logprobs, "_shared_prompt_states", counting)
+    runs = {}
+    for share in (True, False):
+        _, runs[share] = _run(tmp_path, f"method={method}", "train.steps=3",
+                              f"train.share_prompt={str(share).lower()}", name=str(share))
+        if share:  # policy and reference forward of each of the 3 steps (+ held-out eval)
+            assert len(shared_calls) >= 6
+            shared_calls.clear()
+    assert not shared_calls  # share_prompt=false never takes the shared path
+    for a, b in zip(runs[True], runs[False]):
+        for key in ("loss", "rewards/margins", "g/kl_budget", "lambda_next/kl_budget"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+
+
 def test_precomputed_reference_equals_on_the_fly(tmp_path):
     """Cached reference log-probs give the same losses as computing them in the step."""
     cache = f"train.ref_cache_dir={tmp_path / 'cache'}"
