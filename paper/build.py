@@ -98,7 +98,9 @@ def bench_values(results: Path) -> dict[str, str]:
             "pd_vs_dpo": _fmt(bench["ratios"]["primal_dual_time_vs_dpo"], 3),
             "pd_vs_dpo_lever": _fmt(json.loads(
                 (results / "bench_lever_rollout_forward.json").read_text()
-            )["ratios"]["primal_dual_time_vs_dpo"], 3)}
+            )["ratios"]["primal_dual_time_vs_dpo"], 3),
+            "share_dpo_time": _fmt(bench["extra_ratios"]["dpo_time_vs_unshared"], 2),
+            "share_dpo_rss": _fmt(bench["extra_ratios"]["dpo_peak_rss_vs_unshared"], 2)}
 
 
 def setup_values(sweep: Path) -> dict[str, str]:
