@@ -73,6 +73,43 @@ def test_chunking_does_not_change_results():
     torch.testing.assert_close(ga, gb)
 
 
+def test_vocabulary_pieces_match_full_log_softmax():
+    """A vocabulary of 5000 is 3 pieces of the head (the last ragged), with targets in each:
+    values (with and without gradient), reference log-probs, KL and both gradients equal the
+    full log_softmax over the whole vocabulary."""
+    from pdalign import logprobs
+
+    vocab = 2 * logprobs._VOCAB_PIECE + 904
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(23, 16, generator=g, requires_grad=True)
+    h_ref = (h.detach() + 0.3 * torch.randn(23, 16, generator=g))
+    weight = torch.randn(vocab, 16, generator=g)
+    targets = torch.randint(0, vocab, (23,), generator=g)
+    targets[:3] = torch.tensor([0, logprobs._VOCAB_PIECE, vocab - 1])  # piece edges
+    lp, lq = (h @ weight.t()).log_softmax(-1), (h_ref @ weight.t()).log_softmax(-1)
+    want_logp = lp.gather(1, targets[:, None]).squeeze(1)
+    want_ref = lq.gather(1, targets[:, None]).squeeze(1)
+    want_kl = (lp.exp() * (lp - lq)).sum(-1)
+    logp, ref_logp, kl = token_logprobs(h, weight, targets, h_ref, chunk=7)
+    torch.testing.assert_close(logp, want_logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ref_logp, want_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kl, want_kl, rtol=1e-4, atol=1e-6)
+    w = torch.linspace(-1, 2, 23)
+    ours = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), h)[0]
+    theirs = torch.autograd.grad((w * want_logp).sum() + 3 * want_kl.sum(), h,
+                                 retain_graph=True)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    alone = token_logprobs(h, weight, targets, chunk=7)[0]  # no reference: its own branch
+    torch.testing.assert_close(torch.autograd.grad((w * alone).sum(), h)[0],
+                               torch.autograd.grad((w * want_logp).sum(), h)[0],
+                               rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the online logsumexp of a reference pass
+        torch.testing.assert_close(token_logprobs(h, weight, targets, chunk=7)[0], want_logp,
+                                   rtol=1e-5, atol=1e-5)
+        nograd = token_logprobs(h, weight, targets, h_ref, chunk=7)  # eval: KL, no gradient
+        torch.testing.assert_close(nograd[2], want_kl, rtol=1e-4, atol=1e-6)
+
+
 def test_trainable_head_takes_the_generic_path_with_identical_values_and_grads():
     model = build_tiny(V, seed=2)  # no adapter: every weight, the tied LM head too, trains
     ids, mask, labels = _batch(seed=3)
