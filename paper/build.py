@@ -90,17 +90,20 @@ def bandit_values(results: Path) -> dict[str, str]:
 
 def bench_values(results: Path) -> dict[str, str]:
     bench = json.loads((results / "bench.json").read_text())
+    # the shared-prompt lever was measured alone (rows dpo vs dpo_unshared) in its own run
+    share = json.loads((results / "bench_lever_share_prompt.json").read_text())
     s = bench["settings"]
     return {"cpu": f"{s['cpu']['model']} ({', '.join(s['cpu']['capabilities'])})",
             "dtype": s["dtype"], "tflops": _fmt(s["matmul_tflops"], 3),
+            "tflops_end": _fmt(bench["floor"]["matmul_tflops_end"], 3),
             "dpo_vs_trl": _fmt(bench["ratios"]["dpo_time_vs_trl"], 2),
             "dpo_vs_floor": _fmt(bench["ratios"]["dpo_time_vs_floor"], 3),
             "pd_vs_dpo": _fmt(bench["ratios"]["primal_dual_time_vs_dpo"], 3),
             "pd_vs_dpo_lever": _fmt(json.loads(
                 (results / "bench_lever_rollout_forward.json").read_text()
             )["ratios"]["primal_dual_time_vs_dpo"], 3),
-            "share_dpo_time": _fmt(bench["extra_ratios"]["dpo_time_vs_unshared"], 2),
-            "share_dpo_rss": _fmt(bench["extra_ratios"]["dpo_peak_rss_vs_unshared"], 2)}
+            "share_dpo_time": _fmt(share["extra_ratios"]["dpo_time_vs_unshared"], 2),
+            "share_dpo_rss": _fmt(share["extra_ratios"]["dpo_peak_rss_vs_unshared"], 2)}
 
 
 def setup_values(sweep: Path) -> dict[str, str]:

@@ -145,3 +145,23 @@ def test_unshared_rows_differ_only_by_share_prompt(tmp_path):
         assert rows[f"{method}_unshared"] == rows[method] + ["train.share_prompt=false"]
         assert bench.compose(rows[method]).train.share_prompt is True
         assert bench.compose(rows[f"{method}_unshared"]).train.share_prompt is False
+
+
+def test_profile_step_writes_op_tables_for_each_part(tmp_path):
+    """experiments/profile_step.py on the tiny model: an op table per part, GEMM rates."""
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "profile_step.py"),
+                           "--model", "tiny", "--threads", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "profile_step.json").read_text())
+    assert set(result["parts"]) == {"orpo", "dpo", "rollout"}
+    for part in result["parts"].values():
+        shares = [op["share"] for op in part["ops"]]
+        assert part["wall_s"] > 0 and 0 < sum(shares) <= 1 + 1e-9
+        assert shares == sorted(shares, reverse=True)
+    # the DPO part runs the reference forward on top of ORPO's: more matmul calls
+    calls = {name: sum(op["calls"] for op in part["ops"] if op["op"] == "aten::mm")
+             for name, part in result["parts"].items() if name != "rollout"}
+    assert calls["dpo"] > calls["orpo"] > 0
+    assert all(v > 0 for v in result["gemm_tflops"].values())
+    assert "## rollout" in (tmp_path / "profile_step.md").read_text()
