@@ -163,6 +163,10 @@ EXTRA_PAIRS = {
     "dpo_peak_rss_vs_unshared": ("dpo", "dpo_unshared", "peak_rss_mb"),
     "orpo_time_vs_unshared": ("orpo", "orpo_unshared", "s_per_step"),
     "orpo_peak_rss_vs_unshared": ("orpo", "orpo_unshared", "peak_rss_mb"),
+    # on a GPU the memory that limits a run is the device's (absent on CPU runs)
+    "dpo_peak_gpu_vs_trl": ("dpo", "trl_dpo", "peak_gpu_mb"),
+    "orpo_peak_gpu_vs_trl": ("orpo", "trl_orpo", "peak_gpu_mb"),
+    "dpo_qlora_peak_gpu_vs_trl": ("dpo_qlora", "trl_dpo_qlora", "peak_gpu_mb"),
 }
 
 
@@ -345,6 +349,15 @@ def _peak_rss_mb() -> float:
     return peak_kb / 1024
 
 
+def _peak_gpu_mb() -> float | None:
+    """Peak GPU memory held by tensors (torch's allocator) on a CUDA run; None on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def _child_pdalign(spec: dict) -> dict:
     from pdalign.logging import read_metrics
     from pdalign.trainer import train
@@ -443,9 +456,13 @@ def _child_trl(spec: dict) -> dict:
             self.t0 = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
+            if device == "cuda":  # kernels run asynchronously: time them, not their launch
+                torch.cuda.synchronize()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self.t0)
 
     timer = StepTimer()
@@ -496,6 +513,7 @@ def child_main(spec_path: str) -> None:
         result = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
     result["wall_s"] = time.perf_counter() - t0
     result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_gpu_mb"] = _peak_gpu_mb()
     Path(spec["result_path"]).write_text(json.dumps(result))
 
 
@@ -540,7 +558,8 @@ def _median(values: list) -> float | None:
 def measure(result: dict, warmup: int, floor_s_of, fixed_floor: float | None) -> dict:
     """Per-round numbers of one trainer from its child's result."""
     if result.get("error"):
-        return {"error": result["error"], "peak_rss_mb": result.get("peak_rss_mb")}
+        return {"error": result["error"], "peak_rss_mb": result.get("peak_rss_mb"),
+                "peak_gpu_mb": result.get("peak_gpu_mb")}
     times, tokens = result["step_times"][warmup:], result["pair_tokens"][warmup:]
     if not times:
         return {"error": f"only {len(result['step_times'])} steps ran (warm-up {warmup})"}
@@ -551,7 +570,8 @@ def measure(result: dict, warmup: int, floor_s_of, fixed_floor: float | None) ->
     return {"s_per_step": s, "step_times_s": times,
             "tokens_per_step": mean_tokens,
             "tokens_per_s": sum(tokens) / sum(times) if tokens else None,
-            "peak_rss_mb": result["peak_rss_mb"], "floor_s": floor,
+            "peak_rss_mb": result["peak_rss_mb"], "peak_gpu_mb": result.get("peak_gpu_mb"),
+            "floor_s": floor,
             "time_vs_floor": s / floor if floor else None, "wall_s": result.get("wall_s"),
             "dtype": result.get("dtype")}
 
@@ -575,11 +595,14 @@ def _fmt(value, spec: str = ".3g") -> str:
 def markdown(payload: dict) -> str:
     s, run = payload["settings"], payload["run"]
     cpu = s["cpu"]
+    gpu = s.get("gpu")
+    host = (f"{cpu['model']} ({', '.join(cpu['capabilities']) or 'no AVX2/AVX512/AMX'}; "
+            f"{cpu['logical_cpus']} logical CPUs)")
     lines = [
         "# Step benchmark: pdalign vs TRL",
         "",
-        f"**Machine:** {cpu['model']} ({', '.join(cpu['capabilities']) or 'no AVX2/AVX512/AMX'}; "
-        f"{cpu['logical_cpus']} logical CPUs), {s['threads']} threads, dtype {s['dtype']} "
+        f"**Machine:** {f'GPU {gpu}, host ' if gpu else ''}{host}, {s['threads']} threads, "
+        f"dtype {s['dtype']} "
         f"(train.dtype=auto rule, both frameworks), {s['matmul_tflops']:.3f} TFLOP/s measured "
         f"({payload['floor']['gemm_size']}² GEMM; {payload['floor']['matmul_tflops_end']:.3f} "
         f"at the end). Load average at start / end: "
@@ -594,17 +617,20 @@ def markdown(payload: dict) -> str:
         "",
         f"Command: `{run['command']}`",
         "",
-        "| trainer | data | s/step | tokens/s | peak RSS MB | time/floor | note |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| trainer | data | s/step | tokens/s | peak RSS MB | "
+        + ("peak GPU MB | " if gpu else "") + "time/floor | note |",
+        "|---|---|---:|---:|---:|" + ("---:|" if gpu else "") + "---:|---|",
     ]
     for row in payload["rows"]:
         if row.get("s_per_step") is None:
-            lines.append(f"| {row['trainer']} | {row['data']} | — | — | — | — | "
+            lines.append(f"| {row['trainer']} | {row['data']} | — | — | — | "
+                         + ("— | " if gpu else "") + "— | "
                          f"{row.get('error') or row.get('note', '')} |")
             continue
         lines.append(f"| {row['trainer']} | {row['data']} | {row['s_per_step']:.3f} | "
                      f"{_fmt(row['tokens_per_s'], '.0f')} | {_fmt(row['peak_rss_mb'], '.0f')} | "
-                     f"{_fmt(row['time_vs_floor'], '.2f')} | {row.get('note', '')} |")
+                     + (f"{_fmt(row.get('peak_gpu_mb'), '.0f')} | " if gpu else "")
+                     + f"{_fmt(row['time_vs_floor'], '.2f')} | {row.get('note', '')} |")
     lines += ["", "Medians over rounds; s/step is the mean of a run's timed steps. "
               "tokens/s counts real (non-pad) preference tokens, chosen + rejected.", "",
               "| ratio (median of per-round ratios) | value | target | |", "|---|---:|---:|---|"]
@@ -653,7 +679,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                "--model tiny, a new temp dir)")
     p.add_argument("--batch", type=int, default=4, help="preference pairs per step")
     p.add_argument("--seq-len", type=int, default=160, help="tokens per fixed-set sequence")
-    p.add_argument("--gemm", type=int, default=3072, help="size of the square GEMM timed")
+    p.add_argument("--gemm", type=int, default=None,
+                   help="size of the square GEMM timed (default 3072 on CPU, 8192 on CUDA)")
     p.add_argument("--child-timeout", type=float, default=3600, help="seconds per trainer run")
     p.add_argument("--keep-work", action="store_true", help="keep the temp dir of child runs")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -715,6 +742,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, _ = load_model(model_name, tiny=dict(tiny_cfg) if tiny_cfg else None)
     n_params = matmul_params(model)
     del model
+    if args.gemm is None:
+        args.gemm = 8192 if device == "cuda" else 3072
     tflops = matmul_tflops(dtype, args.gemm, device)
     rate = tflops * 1e12
 
@@ -759,8 +788,8 @@ def main(argv: list[str] | None = None) -> dict:
         errors = sorted({rnd[name]["error"] for rnd in rounds if rnd.get(name, {}).get("error")})
         row = {"trainer": name, **asdict(t), "note": NOTES.get(name, ""),
                "rounds_ok": len(ok), "error": "; ".join(errors) or None}
-        for key in ("s_per_step", "tokens_per_s", "peak_rss_mb", "time_vs_floor", "floor_s",
-                    "tokens_per_step"):
+        for key in ("s_per_step", "tokens_per_s", "peak_rss_mb", "peak_gpu_mb", "time_vs_floor",
+                    "floor_s", "tokens_per_step"):
             row[key] = _median([m.get(key) for m in ok])
         rows.append(row)
     ratios = ratio_medians(rounds, RATIO_PAIRS)
@@ -801,7 +830,8 @@ def main(argv: list[str] | None = None) -> dict:
         "floor_s": {"dpo": floor_fixed["dpo"], "orpo": floor_fixed["orpo"]},
         "settings": {"model": model_name, "n_params": n_params, "tokens_per_step": tokens_per_step,
                      "dtype": str(dtype).replace("torch.", ""), "threads": args.threads,
-                     "cpu": cpu, "matmul_tflops": tflops},
+                     "cpu": cpu, "matmul_tflops": tflops,
+                     "gpu": torch.cuda.get_device_name() if device == "cuda" else None},
         "targets": targets,
         "rows": rows,
         "extra_ratios": ratio_medians(rounds, EXTRA_PAIRS),

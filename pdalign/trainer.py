@@ -439,6 +439,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     log.warning("constraint %s is not being met at the current capacity: its "
                                 "lambda is pinned at lambda_max or keeps rising (lambda=%.3f)",
                                 names[i], float(dual.lam[i]))
+        if device.type == "cuda":  # kernels run asynchronously: time the step, not its launch
+            torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
         record.update(sums)
         record.update({"lr": scheduler.get_last_lr()[0],
