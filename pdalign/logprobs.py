@@ -35,8 +35,11 @@ from pdalign.models import has_adapter, reference_mode
 # on CPU (K = hidden is small), and the softmax math on a piece is cache-resident too. A chunk
 # keeps its (chunk, V) logits as pieces (twice that with a reference): ~32 MiB at 170 tokens
 # for V = 49152, on top of every saved activation, so it bounds the step's peak.
+# On a GPU the cost is kernel launches, not cache: one piece (the whole vocabulary) and chunks
+# of 64 Mi logits (256 MiB fp32; 1365 tokens at V = 49152, 523 at V = 128256).
 _CHUNK_ELEMENTS = 1 << 23
 _VOCAB_PIECE = 2048
+_CHUNK_ELEMENTS_GPU = 1 << 26
 
 
 @dataclass
@@ -191,8 +194,9 @@ def response_states(model, input_ids, attention_mask, labels, pairs: int | None 
                           torch.cat([shared.n_tokens, rest.n_tokens]))
 
 
-def _chunk_size(vocab: int) -> int:
-    return max(16, _CHUNK_ELEMENTS // vocab)
+def _chunk_size(vocab: int, device: torch.device | None = None) -> int:
+    on_gpu = device is not None and device.type != "cpu"
+    return max(16, (_CHUNK_ELEMENTS_GPU if on_gpu else _CHUNK_ELEMENTS) // vocab)
 
 
 def _logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -201,14 +205,18 @@ def _logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _pieces(weight: torch.Tensor):
-    """(start, (P, H) slice) of the vocabulary, in order."""
-    return [(v, weight[v:v + _VOCAB_PIECE]) for v in range(0, weight.shape[0], _VOCAB_PIECE)]
+    """(start, (P, H) slice) of the vocabulary, in order (one piece on a GPU)."""
+    step = weight.shape[0] if weight.device.type != "cpu" else _VOCAB_PIECE
+    return [(v, weight[v:v + step]) for v in range(0, weight.shape[0], step)]
 
 
 def _pick(z: torch.Tensor, v: int, targets: torch.Tensor, out: torch.Tensor) -> None:
-    """Write into ``out`` the logits of the targets that fall in the piece starting at ``v``."""
-    rows = ((targets >= v) & (targets < v + z.shape[1])).nonzero(as_tuple=True)[0]
-    out[rows] = z[rows, targets[rows] - v]
+    """Write into ``out`` the logits of the targets that fall in the piece starting at ``v``
+    (a masked gather: no data-dependent shape, so no device-to-host sync on a GPU)."""
+    local = targets - v
+    inside = (local >= 0) & (local < z.shape[1])
+    picked = z.gather(1, local.clamp(0, z.shape[1] - 1)[:, None]).squeeze(1)
+    out.copy_(torch.where(inside, picked, out))
 
 
 def _label_logp_value(h, weight, targets) -> torch.Tensor:
@@ -217,7 +225,7 @@ def _label_logp_value(h, weight, targets) -> torch.Tensor:
     c = h.shape[0]
     run_max = torch.full((c,), float("-inf"), device=h.device)
     run_sum = torch.zeros(c, device=h.device)
-    z_y = torch.empty(c, device=h.device)
+    z_y = torch.zeros(c, device=h.device)
     for v, w in _pieces(weight):
         z = _logits(h, w)  # (c, P)
         _pick(z, v, targets, z_y)
@@ -236,7 +244,7 @@ def _chunk_stats(h, weight, targets, h_ref, need_grad: bool):
     """
     c, pieces = h.shape[0], _pieces(weight)
     zs = [_logits(h, w) for _, w in pieces]  # each (c, P)
-    z_y = torch.empty(c, device=h.device)
+    z_y = torch.zeros(c, device=h.device)
     for (v, _), z in zip(pieces, zs):
         _pick(z, v, targets, z_y)
     lse = torch.stack([z.logsumexp(-1) for z in zs]).logsumexp(0)  # (c,)
@@ -250,7 +258,7 @@ def _chunk_stats(h, weight, targets, h_ref, need_grad: bool):
                 p_w += (p.to(weight.dtype) @ w).float()
         return logp, None, None, weight[targets].float() - p_w if need_grad else None, None
     zr = [_logits(h_ref, w) for _, w in pieces]
-    zr_y = torch.empty(c, device=h.device)
+    zr_y = torch.zeros(c, device=h.device)
     for (v, _), z in zip(pieces, zr):
         _pick(z, v, targets, zr_y)
     lse_r = torch.stack([z.logsumexp(-1) for z in zr]).logsumexp(0)
@@ -338,7 +346,7 @@ def token_logprobs(h, weight, targets, h_ref=None, chunk: int | None = None):
         chunk: tokens per LM-head chunk; default keeps a chunk's fp32 logits near 32 MiB.
     Returns (logp (M,), ref_logp (M,) or None, kl (M,) or None).
     """
-    chunk = chunk or _chunk_size(weight.shape[0])
+    chunk = chunk or _chunk_size(weight.shape[0], h.device)
     if not weight.requires_grad:
         logp, ref_logp, kl = _FusedLogprobKL.apply(h, weight, targets, h_ref, chunk)
     else:

@@ -51,6 +51,22 @@ from pdalign.models import (
 log = logging.getLogger("pdalign")
 
 
+def resolve_share_prompt(value, device_type: str) -> bool:
+    """``train.share_prompt``: true | false | auto (on CPU only).
+
+    Sharing saves the prompt's decoder FLOPs (a DPO step 0.93x on CPU) but runs the decoder in
+    two passes, prompt then continuation: about 4,000 more kernel launches per step at 30
+    layers (experiments/results/bench_gpu.md), which on a GPU, where a small model's step is
+    bound by launches rather than FLOPs, cost more than the FLOPs saved.
+    """
+    if value == "auto":
+        return device_type == "cpu"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"train.share_prompt={value!r} is not one of true, false, auto "
+                     f"(auto = share on CPU, not on a GPU)")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -292,7 +308,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     shared_forward = accelerator.num_processes > 1
     # Chosen and rejected share their prompt: it runs once per pair (policy and reference),
     # the same numbers with the prompt's share of the decoder work and activations saved.
-    share_prompt = bool(tcfg.get("share_prompt", True))
+    share_prompt = resolve_share_prompt(tcfg.get("share_prompt", "auto"), device.type)
+    log.info("shared prompt: %s (train.share_prompt=%s)", share_prompt,
+             tcfg.get("share_prompt", "auto"))
     rollouts = None
     if any(c.kind == "rollout" for c in constraints):
         from pdalign.rollout import RolloutManager

@@ -73,19 +73,26 @@ def test_chunking_does_not_change_results():
     torch.testing.assert_close(ga, gb)
 
 
-def test_vocabulary_pieces_match_full_log_softmax():
-    """A vocabulary of 5000 is 3 pieces of the head (the last ragged), with targets in each:
-    values (with and without gradient), reference log-probs, KL and both gradients equal the
-    full log_softmax over the whole vocabulary."""
+@pytest.mark.parametrize("layout", ["cpu_pieces", "one_piece"])
+def test_vocabulary_pieces_match_full_log_softmax(layout, monkeypatch):
+    """A vocabulary of 5000 is 3 pieces of the head on CPU (the last ragged), with targets in
+    each, or one piece (the layout on a GPU, run here on CPU): values (with and without
+    gradient), reference log-probs, KL and both gradients equal the full log_softmax over the
+    whole vocabulary."""
     from pdalign import logprobs
 
-    vocab = 2 * logprobs._VOCAB_PIECE + 904
+    piece = logprobs._VOCAB_PIECE
+    vocab = 2 * piece + 904
+    assert len(logprobs._pieces(torch.empty(vocab, 16))) == 3
+    assert len(logprobs._pieces(torch.empty(vocab, 16, device="meta"))) == 1  # any non-CPU
+    if layout == "one_piece":
+        monkeypatch.setattr(logprobs, "_VOCAB_PIECE", vocab)
     g = torch.Generator().manual_seed(5)
     h = torch.randn(23, 16, generator=g, requires_grad=True)
     h_ref = (h.detach() + 0.3 * torch.randn(23, 16, generator=g))
     weight = torch.randn(vocab, 16, generator=g)
     targets = torch.randint(0, vocab, (23,), generator=g)
-    targets[:3] = torch.tensor([0, logprobs._VOCAB_PIECE, vocab - 1])  # piece edges
+    targets[:3] = torch.tensor([0, piece, vocab - 1])  # piece edges
     lp, lq = (h @ weight.t()).log_softmax(-1), (h_ref @ weight.t()).log_softmax(-1)
     want_logp = lp.gather(1, targets[:, None]).squeeze(1)
     want_ref = lq.gather(1, targets[:, None]).squeeze(1)
@@ -300,3 +307,12 @@ def test_shared_prompt_under_activation_checkpointing_falls_back_to_full_rows():
     model.eval()  # no checkpointing in eval mode: the prompt is shared again, same values
     torch.testing.assert_close(sequence_logps(model, ids, mask, labels, pairs=3).logps, logp,
                                rtol=1e-5, atol=1e-4)
+
+
+def test_lm_head_chunks_are_larger_on_a_gpu():
+    """CPU: ~8 Mi logits per chunk (cache); GPU: 64 Mi (launches, not cache, cost there)."""
+    from pdalign import logprobs
+
+    assert logprobs._chunk_size(49152) == (1 << 23) // 49152 == 170
+    assert logprobs._chunk_size(49152, torch.device("cpu")) == 170
+    assert logprobs._chunk_size(49152, torch.device("cuda")) == (1 << 26) // 49152 == 1365

@@ -140,3 +140,27 @@ def test_manifest_records_hashes_versions_and_hardware(tmp_path):
     assert manifest["hardware"]["cpu"]["model"] and manifest["config"]["method"]["name"] == (
         "primal_dual")
     assert manifest["dtype"] in ("float32", "bfloat16")
+
+
+def test_share_prompt_auto_shares_on_cpu_only_and_bad_values_name_the_key():
+    from pdalign.trainer import resolve_share_prompt
+
+    assert resolve_share_prompt("auto", "cpu") is True
+    assert resolve_share_prompt("auto", "cuda") is False
+    assert resolve_share_prompt(False, "cpu") is False and resolve_share_prompt(True, "cuda")
+    with pytest.raises(ValueError, match=r"^train.share_prompt='yes' is not one of true, false, "
+                                         r"auto"):
+        resolve_share_prompt("yes", "cpu")
+
+
+def test_default_config_takes_the_shared_path_on_cpu(tmp_path, monkeypatch):
+    calls = []
+    original = pdalign.logprobs._shared_prompt_states
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pdalign.logprobs, "_shared_prompt_states", counting)
+    _run(tmp_path, "method=dpo", "train.steps=1")
+    assert len(calls) >= 2  # the policy and the reference forward of the one step
