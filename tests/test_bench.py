@@ -165,3 +165,24 @@ def test_profile_step_writes_op_tables_for_each_part(tmp_path):
     assert calls["dpo"] > calls["orpo"] > 0
     assert all(v > 0 for v in result["gemm_tflops"].values())
     assert "## rollout" in (tmp_path / "profile_step.md").read_text()
+
+
+def test_launch_count_gpu_layout_cuts_the_head_kernels(tmp_path):
+    """experiments/launch_count.py on the tiny model (2 layers, the real 49152 vocabulary):
+    one vocabulary piece launches far fewer kernels than 24 pieces, the unshared decoder fewer
+    than the two-pass shared one, DPO more than ORPO (its reference forward), and no layout
+    syncs per piece (nonzero only in the row bookkeeping)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "launch_count.py"),
+                           "--model", "tiny", "--threads", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "launch_count.json").read_text())["rows"]
+    ops = {(r["method"], r["head"], r["share_prompt"]): r["ops"] for r in rows}
+    assert len(ops) == 10
+    for m in ("orpo", "dpo"):
+        assert ops[m, "gpu_layout", False] * 5 < ops[m, "cpu_pieces", False]
+        assert ops[m, "gpu_layout", False] < ops[m, "gpu_layout", True]
+        assert ops[m, "full_logits", False] > 0
+    assert ops["dpo", "gpu_layout", False] > ops["orpo", "gpu_layout", False]
+    assert max(r["nonzero"] for r in rows) <= 8
+    assert "| orpo | full_logits | no |" in (tmp_path / "launch_count.md").read_text()
