@@ -11,6 +11,19 @@ from pdalign.trainer import train
 from tests.conftest import compose, tiny_overrides
 
 
+def _count_calls(monkeypatch, name: str) -> list:
+    """Wrap ``pdalign.logprobs.<name>`` so each call appends to the returned list."""
+    calls = []
+    original = getattr(pdalign.logprobs, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pdalign.logprobs, name, counting)
+    return calls
+
+
 def _run(tmp_path, *overrides, name="run"):
     cfg = compose(tiny_overrides(*overrides))
     summary = train(cfg, tmp_path / name)
@@ -40,14 +53,7 @@ def test_reference_free_methods_never_run_the_reference(tmp_path, monkeypatch, m
 
 
 def test_dpo_does_run_the_reference(tmp_path, monkeypatch):
-    calls = []
-    original = pdalign.logprobs.reference_mode
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(pdalign.logprobs, "reference_mode", counting)
+    calls = _count_calls(monkeypatch, "reference_mode")
     _run(tmp_path, "method=dpo", "train.steps=2")
     assert len(calls) == 2  # once per step, inside the policy forward
 
@@ -56,14 +62,7 @@ def test_dpo_does_run_the_reference(tmp_path, monkeypatch):
 def test_shared_prompt_trains_like_full_rows(tmp_path, monkeypatch, method):
     """train.share_prompt runs each pair's prompt once; the run is the same run (losses, and
     for primal-dual the KL estimate and lambda, equal to float rounding)."""
-    shared_calls = []
-    original = pdalign.logprobs._shared_prompt_states
-
-    def counting(*args, **kwargs):
-        shared_calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(pdalign.logprobs, "_shared_prompt_states", counting)
+    shared_calls = _count_calls(monkeypatch, "_shared_prompt_states")
     runs = {}
     for share in (True, False):
         _, runs[share] = _run(tmp_path, f"method={method}", "train.steps=3",
@@ -154,13 +153,6 @@ def test_share_prompt_auto_shares_on_cpu_only_and_bad_values_name_the_key():
 
 
 def test_default_config_takes_the_shared_path_on_cpu(tmp_path, monkeypatch):
-    calls = []
-    original = pdalign.logprobs._shared_prompt_states
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(pdalign.logprobs, "_shared_prompt_states", counting)
+    calls = _count_calls(monkeypatch, "_shared_prompt_states")
     _run(tmp_path, "method=dpo", "train.steps=1")
     assert len(calls) >= 2  # the policy and the reference forward of the one step
