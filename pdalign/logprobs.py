@@ -343,7 +343,8 @@ def token_logprobs(h, weight, targets, h_ref=None, chunk: int | None = None):
         weight: (V, H) LM head (output embedding) weight.
         targets: (M,) next-token ids.
         h_ref: (M, H) reference hidden states (detached) or None.
-        chunk: tokens per LM-head chunk; default keeps a chunk's fp32 logits near 32 MiB.
+        chunk: tokens per LM-head chunk; default keeps a chunk's fp32 logits near 32 MiB on
+            CPU, 256 MiB on a GPU.
     Returns (logp (M,), ref_logp (M,) or None, kl (M,) or None).
     """
     chunk = chunk or _chunk_size(weight.shape[0], h.device)

@@ -308,9 +308,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     shared_forward = accelerator.num_processes > 1
     # Chosen and rejected share their prompt: it runs once per pair (policy and reference),
     # the same numbers with the prompt's share of the decoder work and activations saved.
-    share_prompt = resolve_share_prompt(tcfg.get("share_prompt", "auto"), device.type)
-    log.info("shared prompt: %s (train.share_prompt=%s)", share_prompt,
-             tcfg.get("share_prompt", "auto"))
+    share_setting = tcfg.get("share_prompt", "auto")
+    share_prompt = resolve_share_prompt(share_setting, device.type)
+    log.info("shared prompt: %s (train.share_prompt=%s)", share_prompt, share_setting)
     rollouts = None
     if any(c.kind == "rollout" for c in constraints):
         from pdalign.rollout import RolloutManager
