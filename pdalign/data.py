@@ -56,7 +56,9 @@ Errors
     Every bad row raises one `PreferenceDataError` naming the source, the row (``line N``,
     1-based, for JSONL; ``row N`` otherwise), the field, and the fix. With
     ``skip_invalid=True`` bad rows are dropped instead and counted per reason (see
-    `REASONS`); a source with no good row left is still an error.
+    `REASONS`); a source with no good row left is still an error. A file that cannot be
+    read at all (not UTF-8, a corrupt Parquet file) is one error for the whole source; a
+    UTF-8 byte-order mark is read, not an error.
 """
 
 from __future__ import annotations
@@ -240,14 +242,23 @@ def _read_records(source: Any, split: str, config_key: str = "data.train",
 def _file_records(path: Path) -> tuple[str, list[tuple[str, Any]]]:
     name = str(path)
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path).to_pylist()
+        try:
+            table = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as err:  # truncated, not Parquet, unreadable
+            reason = str(err).splitlines()[0].removeprefix(
+                f"Could not open Parquet input source '{path}': ").rstrip(".")
+            raise PreferenceDataError(
+                f"cannot be read as Parquet ({reason})", source=name,
+                fix="re-write the file (e.g. datasets.Dataset.to_parquet or "
+                    "pandas.DataFrame.to_parquet) or copy it again in full") from err
         return name, [(f"row {i}", record) for i, record in enumerate(table, 1)]
     if path.suffix not in (".jsonl", ".json"):
         raise PreferenceDataError(f"unsupported file type {path.suffix!r}", source=name,
                                   fix="convert it to .jsonl, .json or .parquet")
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     if path.suffix == ".json":
         try:
             whole = json.loads(text)
@@ -265,6 +276,24 @@ def _file_records(path: Path) -> tuple[str, list[tuple[str, Any]]]:
                     source=name, fix="store the rows as a JSON array of objects")
             return name, [(f"row {i}", record) for i, record in enumerate(whole, 1)]
     return name, _jsonl_records(text, name)
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; a UTF-8 byte-order mark (Excel, Notepad) is dropped, not a row error."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")  # e.g. PowerShell's `>` redirection
+        line = data[:err.start].count(b"\n") + 1
+        raise PreferenceDataError(
+            f"is not UTF-8 text: byte {data[err.start]:#04x} at byte offset {err.start} (line "
+            f"{line}) cannot be decoded"
+            + (" (the file starts with a UTF-16 byte-order mark)" if utf16 else ""),
+            source=str(path),
+            fix=f"re-save it as UTF-8, e.g. iconv -f {'UTF-16' if utf16 else '<its encoding>'} "
+                f"-t UTF-8 {path.name} > utf8{path.suffix}, or your editor's save-with-encoding"
+        ) from err
 
 
 def _jsonl_records(text: str, name: str) -> list[tuple[str, Any]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from pdalign.logprobs import (
 )
 from pdalign.manifest import write_manifest
 from pdalign.models import (
+    FORCE_DTYPE_ENV,
     apply_peft,
     autocast,
     bnb_4bit_config,
@@ -224,6 +226,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     from pdalign.models import reference_mode
 
     run_dir = Path(run_dir)
+    check_config(cfg)  # every key and range, before anything reads one
     tcfg, dcfg = cfg.train, cfg.data
     steps, accum = int(tcfg.steps), int(tcfg.grad_accum)
     if tcfg.threads:
@@ -233,7 +236,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
 
     # ---- everything that can be wrong in the config or data fails here, before the model --
-    check_config(cfg)
     objective = instantiate(cfg.objectives[cfg.method.objective])
     # every listed constraint is evaluated on held-out prompts; only primal-dual trains on them
     eval_constraints = build_constraints(cfg)
@@ -253,7 +255,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         skip_invalid=dcfg.skip_invalid)
     log.info("data: %d train pairs, %d held-out, skipped %s", len(train_set), len(heldout_set),
              dict(skipped) or "none")
-    log.info("precision: %s on %s (train.dtype=%s)", dtype, device, tcfg.dtype)
+    forced = os.environ.get(FORCE_DTYPE_ENV) if tcfg.dtype == "auto" else None
+    log.info("precision: %s on %s (train.dtype=%s%s)", dtype, device, tcfg.dtype,
+             f", forced by {FORCE_DTYPE_ENV}={forced}" if forced else "")
     need = int(tcfg.batch_size) * accelerator.num_processes
     if len(train_set) < need:
         raise ValueError(

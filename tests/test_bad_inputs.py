@@ -15,8 +15,19 @@ from tests.conftest import FIXTURES, compose, pdalign_train, tiny_overrides
 
 GOOD = {"prompt": "Describe a red apple.", "chosen": "It is red.", "rejected": "No."}
 LONG_PROMPT = {**GOOD, "prompt": "Tell me about apples. " * 100}
+LATIN1 = (json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "chosen": "Caf\u00e9 au lait."},
+                                                ensure_ascii=False)).encode("latin-1")
 
-# id: (data file lines or None, overrides; "{tmp}" is the test's tmp dir), exception, message
+
+def _range_error(key, value, must, meaning, default, verdict="is out of range"):
+    """The message `pdalign.config.check_ranges` gives, as a regex."""
+    return re.escape(f"{key}={value} {verdict}: it must be {must} ({meaning}). Set {key} to "
+                     f"{must}, e.g. the default {key}={default}") + "$"
+
+
+# id: (data, overrides; "{tmp}" is the test's tmp dir), exception, message. data: the lines of
+# data.jsonl (which becomes data.train), {file name: bytes} written into {tmp} for the
+# overrides to name, or None.
 CASES = {
     "malformed_jsonl": (
         [json.dumps(GOOD), '{"prompt": "a", "chosen": "b", "rejected": '], [],
@@ -92,6 +103,69 @@ CASES = {
     "bad_dtype": (
         None, ["train.dtype=fp16"],
         ValueError, r"^train\.dtype='fp16' is not one of auto, fp32, bf16$"),
+    "latin1_jsonl": (
+        {"data.jsonl": LATIN1}, ["data.train={tmp}/data.jsonl"],
+        ValueError, r"data\.jsonl: is not UTF-8 text: byte 0xe9 at byte offset 129 \(line 2\) "
+                    r"cannot be decoded\. Fix: re-save it as UTF-8, e\.g\. iconv -f <its "
+                    r"encoding> -t UTF-8 data\.jsonl > utf8\.jsonl, or your editor's"),
+    "utf16_jsonl": (
+        {"data.jsonl": json.dumps(GOOD).encode("utf-16")}, ["data.train={tmp}/data.jsonl"],
+        ValueError, r"data\.jsonl: is not UTF-8 text: byte 0xff at byte offset 0 \(line 1\) "
+                    r"cannot be decoded \(the file starts with a UTF-16 byte-order mark\)\. "
+                    r"Fix: re-save it as UTF-8, e\.g\. iconv -f UTF-16 -t UTF-8"),
+    "corrupt_parquet": (
+        {"data.parquet": b"PAR1" + bytes(range(64))}, ["data.train={tmp}/data.parquet"],
+        ValueError, r"data\.parquet: cannot be read as Parquet \(Parquet magic bytes not found "
+                    r"in footer.*\)\. Fix: re-write the file \(e\.g\. "
+                    r"datasets\.Dataset\.to_parquet"),
+    "zero_lr": (
+        None, ["train.lr=0"], ValueError,
+        "^" + _range_error("train.lr", 0, "a finite number > 0",
+                           "the optimizer's learning rate", 0.0005)),
+    "negative_lr": (
+        None, ["train.lr=-1"], ValueError,
+        "^" + _range_error("train.lr", -1, "a finite number > 0",
+                           "the optimizer's learning rate", 0.0005)),
+    "nan_lr": (
+        None, ["train.lr=nan"], ValueError,
+        "^" + _range_error("train.lr", "nan", "a finite number > 0",
+                           "the optimizer's learning rate", 0.0005, "is not valid")),
+    "zero_batch_size": (
+        None, ["train.batch_size=0"], ValueError,
+        "^" + _range_error("train.batch_size", 0, "an integer >= 1",
+                           "preference pairs per micro-batch", 4)),
+    "zero_steps": (
+        None, ["train.steps=0"], ValueError,
+        "^" + _range_error("train.steps", 0, "an integer >= 1", "optimizer steps", 100)),
+    "bool_steps": (
+        None, ["train.steps=true"], ValueError,
+        "^" + _range_error("train.steps", "true", "an integer >= 1", "optimizer steps", 100,
+                           "is not valid")),
+    "fractional_grad_accum": (
+        None, ["train.grad_accum=0.5"], ValueError,
+        "^" + _range_error("train.grad_accum", 0.5, "an integer >= 1",
+                           "micro-batches per optimizer step", 1, "is not valid")),
+    "unknown_schedule": (
+        None, ["train.schedule=linear"], ValueError,
+        "^" + _range_error("train.schedule", "linear", "one of constant, cosine",
+                           "the learning-rate schedule after warm-up", "constant",
+                           "is not valid")),
+    "zero_rollout_top_p": (
+        None, ["train.rollout.top_p=0"], ValueError,
+        "^" + _range_error("train.rollout.top_p", 0, "a finite number in (0, 1]",
+                           "nucleus mass; 1 = off", 1.0)),
+    "zero_keep_last": (
+        None, ["train.keep_last=0"], ValueError,
+        "^" + _range_error("train.keep_last", 0, "an integer >= 1", "checkpoints kept on disk",
+                           2)),
+    "zero_max_prompt_length": (
+        None, ["data.max_prompt_length=0"], ValueError,
+        "^" + _range_error("data.max_prompt_length", 0, "an integer >= 1 or null",
+                           "prompt tokens; null = no limit", 128)),
+    "eval_confidence_one": (
+        None, ["eval.confidence=1"], ValueError,
+        "^" + _range_error("eval.confidence", 1, "a finite number in (0, 1)",
+                           "one-sided level of the upper bounds", 0.95)),
 }
 
 
@@ -104,10 +178,13 @@ def no_model(monkeypatch):
     monkeypatch.setattr(pdalign.trainer, "load_model", forbidden)
 
 
-def _overrides(tmp_path, lines, extra):
+def _overrides(tmp_path, data, extra):
     overrides = [o.replace("{tmp}", str(tmp_path)) for o in extra]
-    if lines is not None:
-        (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    if isinstance(data, dict):
+        for name, content in data.items():
+            (tmp_path / name).write_bytes(content)
+    elif data is not None:
+        (tmp_path / "data.jsonl").write_text("\n".join(data) + "\n")
         overrides.insert(0, f"data.train={tmp_path / 'data.jsonl'}")
     return tiny_overrides("train.steps=2", *overrides)
 
@@ -118,8 +195,8 @@ def _assert_nothing_written(run_dir):
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_fails_once_clearly_before_the_model(tmp_path, no_model, case):
-    lines, extra, kind, pattern = CASES[case]
-    cfg = compose(_overrides(tmp_path, lines, extra))
+    data, extra, kind, pattern = CASES[case]
+    cfg = compose(_overrides(tmp_path, data, extra))
     with pytest.raises(kind) as err:
         train(cfg, tmp_path / "run")
     first_line = str(err.value).splitlines()[0]  # what Hydra's one-line report leads with
@@ -164,13 +241,22 @@ def test_unknown_key_on_the_command_line_is_refused_by_hydra():
         compose(tiny_overrides("train.stepz=3"))
 
 
-def test_bad_resume_path_names_train_resume(tmp_path):
-    """Caught after the model loads today (maybe_resume); see tests/README.md."""
+def test_bad_resume_path_names_train_resume(tmp_path, no_model):
+    """Caught before the model loads (checkpoint.resume_path); see tests/README.md."""
     with pytest.raises(FileNotFoundError, match=r"^train\.resume=.*nope: no such directory\. Use "
                        r"train\.resume=auto"):
         train(compose(tiny_overrides("train.steps=2", f"train.resume={tmp_path / 'nope'}")),
               tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_utf8_with_a_byte_order_mark_is_read(tmp_path):
+    """Excel and Notepad write UTF-8 with a BOM; it is UTF-8, so it is not a line-1 error."""
+    from pdalign.data import load_preference_rows
+
+    (tmp_path / "data.jsonl").write_bytes(json.dumps(GOOD).encode("utf-8-sig"))
+    rows, _ = load_preference_rows(tmp_path / "data.jsonl")
+    assert [row.prompt for row in rows] == [GOOD["prompt"]]
 
 
 def test_fewer_pairs_than_the_batch_size(tmp_path):
@@ -220,6 +306,9 @@ CLI = {
     "bad_resume_path": (["train.resume={tmp}/nope"],
                         r"^FileNotFoundError: train\.resume=.*nope: no such directory\. Use "
                         r"train\.resume=auto"),
+    "zero_steps": (["train.steps=0"],
+                   r"^ValueError: train\.steps=0 is out of range: it must be an integer >= 1 "
+                   r"\(optimizer steps\)\. Set train\.steps to"),
 }
 
 

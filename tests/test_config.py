@@ -1,11 +1,16 @@
-"""Every shipped config composes (STYLE rule 9), and config mistakes are one clear error."""
+"""Every shipped config composes (STYLE rule 9) and passes its own checks, and config mistakes
+are one clear error."""
 
+import copy
+import re
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from pdalign.config import RANGES, check_config, check_ranges, known_keys
 from tests.conftest import CONF_DIR, compose
 
 CONF = Path(CONF_DIR)
@@ -17,6 +22,7 @@ GROUPS = ["model", "data", "peft", "method", "dual", "train", "eval", "logging"]
 def test_every_group_option_composes(group, option):
     cfg = compose([f"{group}={option}"])
     assert cfg[group] is not None
+    check_config(cfg)  # known keys, and every knob of RANGES in range
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "constraints").glob("*.yaml")))
@@ -41,6 +47,7 @@ def test_empty_constraint_list_removes_the_key():
 def test_every_experiment_composes(name):
     cfg = compose([f"experiment={name}"])
     assert cfg.method.name and cfg.train.steps > 0
+    check_config(cfg)
 
 
 def test_slurm_launcher_preset_composes():
@@ -101,3 +108,50 @@ def test_free_form_mappings_accept_user_keys():
     with open_dict(cfg):
         cfg.model.tiny.hidden_size = 32
     check_config(cfg)
+
+
+def test_every_range_names_a_shipped_key():
+    """A renamed knob must take its range along, or its check is silently skipped."""
+    for key in RANGES:
+        group, _, rest = key.partition(".")
+        assert rest in known_keys(group), key
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return compose(["model=tiny"])
+
+
+# key, the value at the edge of its range (passes), the value just past it (fails)
+BOUNDARIES = [
+    ("train.steps", 1, 0),
+    ("train.steps", 1, True),  # bools are not integers
+    ("train.batch_size", 1, 1.0),  # nor are floats
+    ("train.lr", 1e-12, 0.0),
+    ("train.lr", 1e3, float("inf")),
+    ("train.warmup_steps", 0, -1),
+    ("train.max_grad_norm", 0, -1e-9),
+    ("train.schedule", "cosine", "linear"),
+    ("train.share_prompt", False, 0),
+    ("train.rollout.top_p", 1, 1.000001),
+    ("train.rollout.temperature", 1e-6, 0),
+    ("train.rollout.is_clip", 1.000001, 1),
+    ("train.checkpoint_every", 0, -1),
+    ("data.max_length", 2, 1),
+    ("data.max_length", None, "long"),
+    ("data.max_prompt_length", None, 0),
+    ("eval.temperature", 0, -0.1),
+    ("eval.confidence", 0.999, 1),
+    ("peft.lora_dropout", 0, 1),
+]
+
+
+@pytest.mark.parametrize("key,edge,past", BOUNDARIES)
+def test_range_boundary_passes_and_just_past_it_fails(shipped, key, edge, past):
+    cfg = copy.deepcopy(shipped)
+    OmegaConf.update(cfg, key, edge)
+    check_ranges(cfg)
+    OmegaConf.update(cfg, key, past)
+    message = rf"^{re.escape(key)}=\S+ is (out of range|not valid): it must be "
+    with pytest.raises(ValueError, match=message):
+        check_ranges(cfg)
