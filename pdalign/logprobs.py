@@ -143,14 +143,15 @@ def _shared_prompt_states(model, input_ids, attention_mask, labels, pairs: int) 
     last = h_prompt[torch.arange(pairs, device=p_len.device), p_len - 1]  # (P, H)
     cols = [last.repeat_interleave(2, dim=0)[:, None]]  # predicts each response's 1st token
     if r_ids.shape[1] > 1:  # the last response token predicts nothing: not fed
-        cache = out.past_key_values
+        # transformers 5.24 names it `cache` (argument and output); 5.17's `past_key_values` warns
+        cache = out.cache
         cache.batch_repeat_interleave(2)
         steps = torch.arange(r_ids.shape[1] - 1, device=p_len.device)
         cont = decoder(input_ids=r_ids[:, :-1],
                        attention_mask=torch.cat([p_mask.repeat_interleave(2, dim=0),
                                                  r_mask[:, :-1]], dim=1),
                        position_ids=p_len.repeat_interleave(2)[:, None] + steps[None, :],
-                       past_key_values=cache, use_cache=True)
+                       cache=cache, use_cache=True)
         cols.append(cont.last_hidden_state)
     h_all = torch.cat(cols, dim=1)  # (2P, Tr, H): column j predicts response token j
     back = torch.cat([torch.arange(0, 2 * pairs, 2), torch.arange(1, 2 * pairs, 2)])

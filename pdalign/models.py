@@ -178,6 +178,9 @@ def load_model(name_or_path: str, *, tiny: dict | None = None, quantization: Any
             with tempfile.TemporaryDirectory() as tmp:
                 build_tiny(len(tokenizer), **(tiny or {})).save_pretrained(tmp)
                 model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quantization)
+            # The temp dir is gone: name the model "" as a from-config tiny model is, or peft's
+            # save_pretrained looks for its config.json there and on the hub, and warns.
+            model.name_or_path = model.config.name_or_path = ""
         else:
             model = build_tiny(len(tokenizer), **(tiny or {}))
         return model, tokenizer
@@ -303,8 +306,16 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
+# Forces what ``auto`` answers on a CPU (fp32 | bf16), so the suite can run as an AVX2-only
+# machine (fp32) or an AMX / AVX512-BF16 one (bf16) would: `PDALIGN_TEST_DTYPE=bf16 make test`.
+FORCE_DTYPE_ENV = "PDALIGN_TEST_DTYPE"
+
+
 def resolve_dtype(name: str = "auto", device: str = "cpu") -> torch.dtype:
     """Pick the autocast dtype: ``auto`` takes bf16 only where it is native and fast.
+
+    On a CPU, ``$PDALIGN_TEST_DTYPE`` (fp32 | bf16), when set, replaces the CPU-flag rule's
+    answer for ``auto``; explicit ``fp32`` / ``bf16`` are never overridden.
 
     Args:
         name: ``auto`` | ``fp32`` | ``bf16``.
@@ -319,6 +330,12 @@ def resolve_dtype(name: str = "auto", device: str = "cpu") -> torch.dtype:
         raise ValueError(f"train.dtype={name!r} is not one of auto, fp32, bf16")
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    forced = os.environ.get(FORCE_DTYPE_ENV)
+    if forced:  # run as another CPU kind would: the rule's answer, not the hardware's
+        if forced not in ("fp32", "bf16"):
+            raise ValueError(f"{FORCE_DTYPE_ENV}={forced!r} is not one of fp32, bf16 (unset it "
+                             f"to let train.dtype=auto decide from the CPU's flags)")
+        return table[forced]
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
