@@ -111,11 +111,23 @@ def test_tiny_refuses_to_write_the_published_results():
     assert proc.returncode != 0 and "must not write" in proc.stderr
 
 
-@pytest.mark.parametrize("bad", [["--only", "dpo,nope"], ["--steps", "0"]])
-def test_bad_arguments_fail_before_any_work(bad):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *bad], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
-    assert proc.returncode != 0
+BAD_ARGS = {
+    "unknown_trainer": (["--only", "dpo,nope"], "--only: unknown trainer(s) ['nope']; choose from"),
+    "zero_steps": (["--steps", "0"], "--rounds, --steps, --threads, --batch must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ARGS)
+def test_bad_arguments_fail_before_any_work(tmp_path, case):
+    """Exit 1 with the argument named on stderr's last line (not any crash), and nothing
+    written: no output dir, no model loaded (the load would log 'loading')."""
+    bad, message = BAD_ARGS[case]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--out", str(out),
+                           *bad], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not out.exists()
 
 
 def test_recompute_row_differs_from_dpo_only_by_activation_checkpointing(tmp_path):

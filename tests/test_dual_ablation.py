@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import assert_tree_close
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "dual_ablation.py"
 
@@ -74,5 +76,9 @@ def test_without_the_cap_a_stuck_estimate_leaves_lambda_wound_up(summary):
 
 
 def test_committed_results_match_a_fresh_run(summary):
+    """Float64 throughout, but sums round differently across CPUs and BLAS builds: measured
+    between an AVX2 EPYC and an AMX Xeon, values differ by <= 1e-12 relative, and by 8e-9
+    relative on lambda_rel_error ~5e-7 (a difference of two nearly equal numbers). Iteration
+    counts and the settled/never verdicts must agree exactly."""
     committed = json.loads((ROOT / "experiments/results/dual_ablation.json").read_text())
-    assert committed == summary
+    assert_tree_close(summary, committed, rel=1e-6, abs=1e-12)

@@ -251,6 +251,35 @@ def test_shared_prompt_matches_full_log_softmax_values_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pairs", [None, 3], ids=["full_rows", "shared_prompt"])
+def test_bf16_autocast_logps_and_kl_stay_within_bf16_rounding_of_fp32(pairs):
+    """The bf16 counterpart of the two tests above (what train.dtype=auto runs on AMX and
+    AVX512-BF16 CPUs): matmuls in bf16, the log-sum-exp and KL sums in fp32. Against the fp32
+    definition, each log-prob is a sum of ~6 token terms each rounded at 2^-8 relative, so
+    2^-5 relative (plus 0.05 nats absolute for terms near 0) bounds them; the KL stays
+    non-negative and within the same bound, and the shared prompt agrees with full rows to
+    the same bf16 tolerance."""
+    model = _lora(build_tiny(V, seed=0))
+    ids, mask, labels = _pair_batch(PROMPTS, CHOSEN, REJECTED)
+    logp, ref, kl, _ = _naive(model, ids, mask, labels)  # fp32: the definition
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sequence_logps(model, ids, mask, labels, with_kl=True, pairs=pairs)
+        full = sequence_logps(model, ids, mask, labels, with_kl=True)
+    assert out.logps.dtype == out.kl.dtype == torch.float32  # sums are kept in fp32
+    bf16 = {"rtol": 2.0 ** -5, "atol": 5e-2}
+    torch.testing.assert_close(out.logps, logp, **bf16)
+    torch.testing.assert_close(out.ref_logps, ref, **bf16)
+    torch.testing.assert_close(out.kl, kl, **bf16)
+    torch.testing.assert_close(out.logps, full.logps, **bf16)
+    assert (out.kl >= 0).all() and (out.kl > 0).any()
+    # the gradient flows in bf16 too, and points the same way as fp32's
+    params = [p for p in model.parameters() if p.requires_grad]
+    g16 = torch.autograd.grad(out.logps.sum() + 3 * out.kl.sum(), params)
+    g32 = torch.autograd.grad(logp.sum() + 3 * kl.sum(), params)
+    flat16, flat32 = torch.cat([g.flatten() for g in g16]), torch.cat([g.flatten() for g in g32])
+    assert torch.nn.functional.cosine_similarity(flat16, flat32, dim=0) > 0.99
+
+
 def test_shared_prompt_runs_the_prompt_once():
     """The decoder sees each prompt token once: 3 prompts + the responses minus their last
     token (which predicts nothing), against 2 full rows per pair without sharing."""

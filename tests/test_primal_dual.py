@@ -4,7 +4,7 @@ import pytest
 
 from pdalign.logging import read_metrics, split_records
 from pdalign.trainer import train
-from tests.conftest import FIXTURES, compose, tiny_overrides
+from tests.conftest import BF16, FIXTURES, FP32, compose, tiny_overrides
 
 ALL4 = "constraints=[toxicity,refusal,kl_budget,length]"
 FAST_ROLLOUT = ["train.rollout_every=2", "train.rollout.prompts_per_rollout=4",
@@ -34,12 +34,16 @@ def test_every_step_logs_lambda_g_eps_and_violation_for_all_four(tmp_path):
                                       ("toxicity", "refusal", "kl_budget", "length")}
 
 
-def test_violated_constraint_raises_lambda_and_satisfied_one_stays_at_zero(tmp_path):
+@pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
+def test_violated_constraint_raises_lambda_and_satisfied_one_stays_at_zero(tmp_path, dtype):
     """length eps=0.5 token can never hold (every response has >= 1 token): with the gradient
     rule lambda_t = min(lr * sum_{s<=t} (g_s - eps), lambda_max) rises every step. kl_budget
-    eps=5 nats/token is far above the KL of a few LoRA steps: lambda stays clipped at 0."""
+    eps=5 nats/token is far above the KL of a few LoRA steps: lambda stays clipped at 0. The
+    dual state is float64 whatever the training dtype, so the recurrence holds to 1e-9 in
+    bf16 as in fp32."""
     _, rows = _pd(tmp_path, "train.steps=6", "constraints.length.epsilon=0.5",
-                  "constraints.kl_budget.epsilon=5.0", "dual.lr=0.1", "dual.lambda_max=100")
+                  "constraints.kl_budget.epsilon=5.0", "dual.lr=0.1", "dual.lambda_max=100",
+                  dtype)
     lam = [r["lambda_next/length"] for r in rows]
     assert all(b > a for a, b in zip(lam, lam[1:])), lam
     expected = 0.0
@@ -48,6 +52,42 @@ def test_violated_constraint_raises_lambda_and_satisfied_one_stays_at_zero(tmp_p
         assert r["lambda_next/length"] == pytest.approx(expected, rel=1e-9)
     assert all(r["lambda_next/kl_budget"] == 0.0 for r in rows)
     assert all(r["g/kl_budget"] < 5.0 for r in rows)
+
+
+def test_logged_loss_is_the_lagrangian_of_the_g_the_dual_step_used(tmp_path):
+    """One run ties the primal and the dual step to the same estimates. The dual step: each
+    lambda_next follows the gradient rule from the logged g. The primal step: the loss is
+    L_pref + sum_i lambda_i (s_i - eps_i), and every surrogate s_i carries the value of its
+    estimate g_i, so loss - loss/pref = sum_i lambda_i (g_i - eps_i) with the SAME logged g.
+    A trainer that fed the dual an estimate other than the one in the loss (another rollout,
+    another batch) breaks the second identity once lambda > 0. Every bound below is violated
+    so every lambda leaves 0; fp32 because this is algebra on the logged numbers."""
+    eps = {"toxicity": 0.0, "refusal": 0.2, "kl_budget": 1e-4, "length": 0.5}
+    _, rows = _pd(tmp_path, "train.steps=5", "dual.lr=0.1", FP32,
+                  *[f"constraints.{c}.epsilon={e}" for c, e in eps.items()])
+    lam = dict.fromkeys(eps, 0.0)
+    for r in rows:
+        for c, e in eps.items():
+            assert r[f"lambda/{c}"] == lam[c]  # the lambda used is the last step's update
+            lam[c] = min(max(lam[c] + 0.1 * (r[f"g/{c}"] - e), 0.0), 10.0)
+            assert r[f"lambda_next/{c}"] == pytest.approx(lam[c], rel=1e-12, abs=1e-15)
+        terms = sum(r[f"lambda/{c}"] * (r[f"g/{c}"] - e) for c, e in eps.items())
+        assert r["loss"] - r["loss/pref"] == pytest.approx(terms, rel=1e-4, abs=1e-5)
+    assert all(rows[-1][f"lambda/{c}"] > 0 for c in eps), rows[-1]  # every term is live
+
+
+def test_lambda_stops_at_its_cap_inside_train(tmp_path):
+    """length (eps 0.5) is violated by >= 0.5 token at every step, so with dual.lr=4 lambda
+    passes 2 at the first update; the global cap (dual.lambda_max=2) holds it at exactly 2.
+    A constraint's own cap wins over the global one: kl_budget.lambda_max=0.1 with eps 1e-4
+    (violated once the policy leaves the reference) pins it at 0.1."""
+    _, rows = _pd(tmp_path, "train.steps=4", "dual.lr=4", "dual.lambda_max=2", FP32,
+                  "constraints.length.epsilon=0.5", "constraints.kl_budget.epsilon=1e-4",
+                  "constraints.kl_budget.lambda_max=0.1")
+    assert [r["lambda_next/length"] for r in rows] == [2.0] * 4
+    assert rows[-1]["lambda_next/kl_budget"] == 0.1
+    assert all(r["lambda_next/kl_budget"] <= 0.1 and r["lambda_next/toxicity"] <= 2.0
+               for r in rows)
 
 
 def test_baseline_with_constraints_listed_ignores_them(tmp_path):
