@@ -46,6 +46,7 @@ def test_unknown_model_path_names_the_fix():
 
 
 def test_dtype_rule_by_cpu_capability(monkeypatch):
+    monkeypatch.delenv(models.FORCE_DTYPE_ENV, raising=False)  # the rule itself, unforced
     assert resolve_dtype("fp32") == torch.float32
     assert resolve_dtype("bf16") == torch.bfloat16
     monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
@@ -56,8 +57,25 @@ def test_dtype_rule_by_cpu_capability(monkeypatch):
         resolve_dtype("fp16")
 
 
+def test_forced_dtype_replaces_the_auto_answer_on_cpu_only(monkeypatch):
+    """PDALIGN_TEST_DTYPE runs the suite as another CPU kind would: it replaces what auto
+    answers on a CPU, never an explicit dtype, never CUDA's rule; a bad value names itself."""
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setenv(models.FORCE_DTYPE_ENV, "bf16")
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    assert resolve_dtype("fp32", "cpu") == torch.float32
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv(models.FORCE_DTYPE_ENV, "fp32")
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    monkeypatch.setenv(models.FORCE_DTYPE_ENV, "fp16")
+    with pytest.raises(ValueError, match=r"^PDALIGN_TEST_DTYPE='fp16' is not one of fp32, bf16"):
+        resolve_dtype("auto", "cpu")
+
+
 def test_cpu_capability_matches_proc_cpuinfo():
-    flags = open("/proc/cpuinfo").read()
+    with open("/proc/cpuinfo") as fh:
+        flags = fh.read()
     expected = "amx_bf16" in flags or "avx512_bf16" in flags
     assert models.cpu_has_fast_bf16() is expected
 
