@@ -421,10 +421,11 @@ def test_quickstart_loads_and_pulls_toward_long_compliant_answers(tokenizer):
 
 
 def test_quickstart_generator_reproduces_the_committed_files(tmp_path):
-    script = bundled_path("quickstart").parent / "make_quickstart.py"
+    script = Path(__file__).resolve().parent.parent / "experiments" / "make_quickstart.py"
     spec = importlib.util.spec_from_file_location("make_quickstart", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(tmp_path)
+    shipped = bundled_path("quickstart").parent
     for name in ("quickstart.jsonl", "quickstart_heldout.jsonl"):
-        assert (tmp_path / name).read_bytes() == (script.parent / name).read_bytes()
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes()

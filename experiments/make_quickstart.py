@@ -2,14 +2,16 @@
 
 Run from the repository root (stdlib only, deterministic):
 
-    python pdalign/data/make_quickstart.py
+    python experiments/make_quickstart.py            # rewrites pdalign/data/*.jsonl
+
+It lives here, not in the package, so no data generator is on pdalign's import path.
 
 Every topic below was written for pdalign. Each has two phrasings of a user request, one
 detailed answer, and (for everyday topics) one terse or wrong answer. Rows are assembled
 from a topic by varying the phrasing, a short framing around the prompt, an opener and a
 closer around the answer, and the rejected answer, with a fixed seed. Held-out rows come
 from topics never seen in training (every sixth topic of each kind), so held-out accuracy
-measures generalisation, not recall. See README.md in this folder for what the set is for.
+measures generalisation, not recall. See pdalign/data/README.md for what the set is for.
 """
 
 from __future__ import annotations
@@ -823,7 +825,10 @@ def topic_rows(rng: random.Random, slug: str, category: str, phrasings: list[str
     return rows
 
 
-def main(out_dir: Path = Path(__file__).parent) -> None:
+DATA_DIR = Path(__file__).resolve().parent.parent / "pdalign" / "data"
+
+
+def main(out_dir: Path = DATA_DIR) -> None:
     rng = random.Random(SEED)
     train, heldout = [], []
     for category, topics, held_offset in (("borderline", BORDERLINE, 0),
