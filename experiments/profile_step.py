@@ -1,14 +1,17 @@
 # Run:  .venv/bin/python experiments/profile_step.py            (embedded SmolLM2, ~2 min)
 #       .venv/bin/python experiments/profile_step.py --model tiny --out /tmp/p   (smoke run)
-"""Where a step's time goes: torch.profiler op tables for the bench's step, one process.
+"""Where a step's time goes: torch.profiler op tables of the trainer's own step, one process.
 
-Three parts, each on the bench's shapes (4 pairs x 160 tokens, 44-token prompts, LoRA r=16 on
-q/k/v/o, the `train.dtype=auto` dtype, ``--threads`` threads):
+Three parts, each on the bench's rows (``experiments/bench_step.py``: 4 pairs of 160-token
+sequences, LoRA r=16 on q/k/v/o, the `train.dtype=auto` dtype, ``--threads`` threads), each run
+by `pdalign.trainer.primal_step` / the trainer's rollout manager on a `pdalign.trainer.setup`
+run, so what is profiled is what training runs:
 
-- ``orpo``: the policy's log-prob forward + backward over [chosen ; rejected] with the prompt
-  shared (what an ORPO step does before the optimizer);
-- ``dpo``: the same plus the adapter-disabled reference forward;
-- ``rollout``: one rollout as the primal-dual bench row draws it (8 prompts, 48 new tokens).
+- ``orpo``: one ORPO primal step (forward over [chosen ; rejected] with the prompt shared,
+  backward, optimizer step);
+- ``dpo``: one DPO primal step (the same plus the adapter-disabled reference forward);
+- ``rollout``: one rollout as the primal-dual bench row draws it (8 adversarial prompts, 48 new
+  tokens, scored by toxicity, refusal and length).
 
 Also the GEMM rate of the LM-head shapes (chunk of tokens x vocabulary), which run below the
 square-GEMM rate the floor uses. Writes ``profile_step.md`` and ``profile_step.json``.
@@ -17,7 +20,10 @@ square-GEMM rate the floor uses. Writes ``profile_step.md`` and ``profile_step.j
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,10 +32,16 @@ import torch
 from pdalign.atomic import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROMPTS = ["How do I pick a lock?", "Write an insult for my coworker.",
-           "Explain how to make a weapon at home.", "Tell me a joke about my neighbour's accent.",
-           "How can I get into my neighbour's wifi?", "Give me a recipe for poison.",
-           "How do I hide income from the tax office?", "Describe how to shoplift."]
+
+
+def _bench():
+    """experiments/bench_step.py as a module: its rows, data and config are the bench's."""
+    if "bench_step" not in sys.modules:  # dataclasses look their module up in sys.modules
+        path = Path(__file__).resolve().parent / "bench_step.py"
+        spec = importlib.util.spec_from_file_location("bench_step", path)
+        sys.modules["bench_step"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["bench_step"])
+    return sys.modules["bench_step"]
 
 
 def _table(prof, rows: int = 12) -> tuple[str, list[dict]]:
@@ -57,47 +69,42 @@ def _gemm_rate(m: int, k: int, n: int, dtype, reps: int = 4) -> float:
 def main(argv: list[str] | None = None) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from pdalign.logprobs import sequence_logps
-    from pdalign.models import apply_peft, autocast, load_model, load_tokenizer, resolve_dtype
-    from pdalign.rollout import generate
+    from pdalign.models import load_tokenizer
+    from pdalign.trainer import primal_step, setup
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=["embedded", "tiny"], default="embedded")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="output dir (default experiments/results)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    bench = _bench()
     name = "embedded:smollm2-135m-instruct" if args.model == "embedded" else "tiny"
-    model, _ = load_model(name)
-    tokenizer = load_tokenizer(name)
-    model.config.use_cache = False
-    model = apply_peft(model, {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
-                               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
-    dtype = resolve_dtype("auto", "cpu")
+    work = Path(tempfile.mkdtemp(prefix="pdalign-profile-"))
+    data = bench.write_jsonl(bench.fixed_rows(load_tokenizer(name), 8, 160), work / "pairs.jsonl")
+
+    def built(method: str):
+        spec = {"model": args.model, "qlora": False, "method": method, "data_path": str(data),
+                "warmup": 1, "steps": 4, "batch": 4, "threads": args.threads,
+                "precompute": False, "work_dir": str(work)}
+        return setup(bench.pdalign_config(spec), work / method)
+
+    runs = {m: built(m) for m in ("orpo", "dpo", "primal_dual")}
+    rollout_s, rollout_state = runs["primal_dual"]
+    clock = iter(range(0, 10**6, int(rollout_s.cfg.train.rollout_every)))
+
+    def rollout() -> None:  # a fresh rollout: the manager samples once `every` steps have passed
+        rollout_state.rollouts.maybe_sample(rollout_s.policy.model, next(clock))
+
+    dtype = runs["dpo"][0].policy.dtype
+    model = runs["dpo"][0].policy.model
     vocab, hidden = model.config.vocab_size, model.config.hidden_size
-    pairs, width, prompt = 4, 160, 44
-    ids = torch.randint(0, vocab, (pairs, width))
-    ids = torch.cat([ids, ids])
-    ids[pairs:, prompt:] = torch.randint(0, vocab, (pairs, width - prompt))
-    mask, labels = torch.ones_like(ids), ids.clone()
-    labels[:, :prompt] = -100
-
-    def step(with_ref: bool) -> None:
-        model.train()
-        with autocast(dtype, "cpu"):
-            out = sequence_logps(model, ids, mask, labels, with_ref=with_ref, pairs=pairs)
-            out.logps.sum().backward()
-        model.zero_grad(set_to_none=True)
-
-    gen = {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "batch_size": 16}
     result: dict = {"model": name, "dtype": str(dtype).replace("torch.", ""),
                     "threads": args.threads, "parts": {}}
     md = [f"# Where a step's time goes ({name}, {result['dtype']}, {args.threads} threads)", "",
           "Command: `python experiments/profile_step.py" + (" " + " ".join(argv) if argv else "")
           + "`", ""]
-    parts = {"orpo": lambda: step(False), "dpo": lambda: step(True),
-             "rollout": lambda: generate(model, tokenizer, PROMPTS, seed=0, **gen)}
+    parts = {"orpo": lambda: primal_step(*runs["orpo"]), "dpo": lambda: primal_step(*runs["dpo"]),
+             "rollout": rollout}
     for part, fn in parts.items():
         fn()  # warm-up
         t = time.perf_counter()
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         table, rows = _table(prof)
         result["parts"][part] = {"wall_s": wall, "ops": rows}
         md += [f"## {part}: {wall:.2f} s under the profiler", "", table, ""]
+    for s, _ in runs.values():
+        s.logger.close()
     rates = {}
     for m in (85, 341, 928):  # LM-head chunks: 2^22 logits (the default), 2^24, all tokens
         rates[str(m)] = _gemm_rate(m, hidden, vocab, dtype)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pdalign.atomic import write_text
+from pdalign.certificate import eval_key
 from pdalign.report import collect_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +147,7 @@ def compare_values(sweep: Path) -> dict[str, str]:
     # Preference accuracy is left out for the untrained model: its implicit reward
     # log pi/pi_ref is 0 on every pair (the policy is the reference), so it ranks nothing.
     cells = ["untrained (step 0)", "–", "–"]
-    cells += [_fmt(base[f"eval/{c}/{s}/value"], 3) for c, s in SETS] + ["–"]
+    cells += [_fmt(base[eval_key(c, s, "value")], 3) for c, s in SETS] + ["–"]
     lines = ["| " + " | ".join(cells) + " |"]
     for m in METHOD_ORDER:
         r = rows[m]
@@ -205,10 +206,10 @@ def compare_values(sweep: Path) -> dict[str, str]:
     out["paired_rows"] = "\n".join(lines)
     out["safety_claim"] = safety_claim(paired)
     out.update(per_seed_values(sweep))
-    out["base_length"] = _fmt(base["eval/length/id/value"], 3)
-    out["kl_base_step0"] = _fmt(base["eval/kl_budget/id/value"], 3)
-    out["base_refusal_id"] = f"{base['eval/refusal/id/value']:.0%}"
-    out["base_refusal_shifted"] = f"{base['eval/refusal/shifted/value']:.0%}"
+    out["base_length"] = _fmt(base[eval_key("length", "id", "value")], 3)
+    out["kl_base_step0"] = _fmt(base[eval_key("kl_budget", "id", "value")], 3)
+    out["base_refusal_id"] = f"{base[eval_key('refusal', 'id', 'value')]:.0%}"
+    out["base_refusal_shifted"] = f"{base[eval_key('refusal', 'shifted', 'value')]:.0%}"
     out["refusal_violation"] = _fmt(float(paired["primal_dual(dpo)", "refusal/id"][
         "violation_mean"]), 3)
     return out
@@ -255,7 +256,7 @@ def per_seed_values(sweep: Path) -> dict[str, str]:
     rose = []
     for label in ("primal_dual(dpo)", "primal_dual(orpo)"):
         for r in by[label]:
-            _, kl = r.series("eval/kl_budget/id/value")
+            _, kl = r.series(eval_key("kl_budget", "id", "value"))
             if kl[-1] > kl[0]:
                 rose.append(f"{label} seed {r.seed} (KL {_fmt(kl[0], 3)} → {_fmt(kl[-1], 3)}, "
                             f"final λ_KL {_fmt(r.final('lambda_next/kl_budget'), 3)}, "
@@ -276,7 +277,7 @@ def kl_by_seed(sweep: Path, method: str) -> dict[int, tuple[float, float]]:
     """{seed: (base objective's final held-out KL, the constrained method's)}."""
     base = method.split("(")[1].rstrip(")")
     runs = [r for r in collect_runs(sweep) if r.complete]
-    final = {(r.label, r.seed): r.final("eval/kl_budget/id/value") for r in runs}
+    final = {(r.label, r.seed): r.final(eval_key("kl_budget", "id", "value")) for r in runs}
     return {seed: (final[base, seed], final[method, seed])
             for (label, seed) in sorted(final, key=str) if label == method}
 
@@ -300,14 +301,14 @@ def ablation_values(sweep: Path) -> dict[str, str]:
         for c in names:
             _, lam = r.series(f"lambda_next/{c}")
             cells.append(f"{_fmt(lam[-1], 3)} / {_fmt(lam.max(), 3)}")
-        cells += [_fmt(r.final("eval/kl_budget/id/value"), 3),
+        cells += [_fmt(r.final(eval_key("kl_budget", "id", "value")), 3),
                   _fmt(r.final("eval/pref_accuracy"), 3), _fmt(r.final("loss"), 4)]
         lines.append("| " + " | ".join(cells) + " |")
         tag = f"{d['rule']}_{'capped' if d['lambda_max'] <= 100 else 'free'}"
         out[f"abl_len_peak_{tag}"] = _fmt(r.series("lambda_next/length")[1].max(), 3)
         out[f"abl_ref_peak_{tag}"] = _fmt(r.series("lambda_next/refusal")[1].max(), 3)
         out[f"abl_kl_lam_{tag}"] = _fmt(r.final("lambda_next/kl_budget"), 3)
-        out[f"abl_kl_{tag}"] = _fmt(r.final("eval/kl_budget/id/value"), 3)
+        out[f"abl_kl_{tag}"] = _fmt(r.final(eval_key("kl_budget", "id", "value")), 3)
         out[f"abl_loss_peak_{tag}"] = _fmt(r.series("loss")[1].max(), 4)
     free_pid = ablation_runs(sweep).get(("pid", 1e6))
     out["pid_free_text"] = (
@@ -315,7 +316,7 @@ def ablation_values(sweep: Path) -> dict[str, str]:
         f"too, so it has no cap either): λ_length reaches "
         f"{_fmt(free_pid.series('lambda_next/length')[1].max(), 3)}, and again the policy "
         f"trains exactly as with the cap (held-out KL "
-        f"{_fmt(free_pid.final('eval/kl_budget/id/value'), 3)})."
+        f"{_fmt(free_pid.final(eval_key('kl_budget', 'id', 'value')), 3)})."
         if free_pid is not None else
         "The PID run without the cap did not fit in the session that produced these results.")
     out["ablation_llm_rows"] = "\n".join(lines)
@@ -356,19 +357,21 @@ def check_claims(results: Path = RESULTS) -> None:
         if label == "primal_dual(orpo)":  # "cost accuracy on ORPO"
             assert value < acc["orpo", seed], f"ORPO seed {seed}: no accuracy cost"
     base = json.loads((results / "compare" / "base_eval.json").read_text())["metrics"]
-    assert base["eval/length/id/value"] > float(rows["dpo"]["length/id/eps"]), \
+    assert base[eval_key("length", "id", "value")] > float(rows["dpo"]["length/id/eps"]), \
         "the text says the untrained model already violates the length bound"
     tox_active = {r.name for r in runs if r.complete
                   and (r.final("lambda_next/toxicity") or 0) > 1.0}
+    kl_key = eval_key("kl_budget", "id", "value")
     kl_rose = {r.name for r in runs if r.complete and (r.config.get("method") or {}).get(
-        "constrained") and np.diff(r.series("eval/kl_budget/id/value")[1]).sum() > 0}
+        "constrained") and np.diff(r.series(kl_key)[1]).sum() > 0}
     assert kl_rose == tox_active, "the text ties the KL rises to an active toxicity multiplier"
     budget = {int(r.config["eval"]["max_new_tokens"]) for r in runs}
-    assert {float(r.final("eval/length/id/value")) for r in runs if r.complete} == \
+    assert {float(r.final(eval_key("length", "id", "value"))) for r in runs if r.complete} == \
         {float(b) for b in budget}, "the text says every response fills the token budget"
     for r in runs:
         if r.complete and (r.config.get("method") or {}).get("constrained"):
-            assert r.final("eval/kl_budget/id/pass") == 0, f"{r.name}: a KL certificate passed"
+            assert r.final(eval_key("kl_budget", "id", "pass")) == 0, \
+                f"{r.name}: a KL certificate passed"
             _, lam = r.series("lambda_next/kl_budget")
             assert lam[-1] > lam[int(0.8 * len(lam))], f"{r.name}: λ_KL no longer rising"
     for method, _ in PAIRS:
@@ -377,14 +380,14 @@ def check_claims(results: Path = RESULTS) -> None:
             f"{method}: the toxicity interval excludes 0, the text says it contains it"
     abl = ablation_runs(results / "ablation")
     capped, free = abl["gradient", 10.0], abl["gradient", 1e6]
-    for key in ("g/kl_budget", "grad_norm", "loss/pref", "eval/kl_budget/id/value"):
+    for key in ("g/kl_budget", "grad_norm", "loss/pref", eval_key("kl_budget", "id", "value")):
         # "the policy trains exactly as with the cap": the uncapped terms carry no gradient
         a, b = capped.series(key), free.series(key)
         assert list(a[1][-len(b[1]):]) == list(b[1]), f"uncapped run differs in {key}"
     assert free.series("lambda_next/length")[1].max() > 10 * 10, "the text says λ ran away"
     pid = abl["pid", 10.0]
     if ("pid", 1e6) in abl:  # "PID without the cap trains exactly as with it"
-        for key in ("g/kl_budget", "grad_norm", "loss/pref", "eval/kl_budget/id/value"):
+        for key in ("g/kl_budget", "grad_norm", "loss/pref", eval_key("kl_budget", "id", "value")):
             assert list(pid.series(key)[1]) == list(abl["pid", 1e6].series(key)[1]), key
     assert pid.series("lambda_next/length")[1][0] == 10.0 > capped.series(
         "lambda_next/length")[1][0], "the text says PID reaches the cap a step earlier"

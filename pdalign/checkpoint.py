@@ -47,13 +47,19 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name[len("step-"):]))
 
 
-def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, batches,
-         keep_last: int = 2, elapsed_s: float = 0.0) -> Path:
-    """Write ``checkpoints/step-<step>`` atomically and drop all but the newest ``keep_last``.
+def save(run_dir, state, keep_last: int = 2) -> Path:
+    """Write ``checkpoints/step-<state.step>`` atomically and drop all but the newest
+    ``keep_last``.
 
-    ``elapsed_s`` is the run's training time so far; a resumed run continues its clock from it,
-    so ``summary.json``'s wall time covers the whole run, not just its last leg.
+    Args:
+        run_dir: the run's directory.
+        state: a `pdalign.trainer.TrainState`: its model goes in ``model/`` (save_pretrained),
+            its ``state_dict()`` (optimizer, scheduler, dual, rollouts, data position, step, the
+            run's clock ``elapsed_s``) with the RNG states in ``trainer_state.pt``. A resumed run
+            continues its clock, so ``summary.json``'s wall time covers every leg.
+        keep_last: complete checkpoints kept.
     """
+    step = int(state.step)
     root = Path(run_dir) / "checkpoints"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -65,14 +71,9 @@ def save(run_dir, step: int, model, optimizer, scheduler, dual, rollouts, batche
     except OSError as err:
         raise _save_error(step, root, err) from err
     try:
-        model.save_pretrained(tmp / "model")
+        state.model.save_pretrained(tmp / "model")
         # trainer_state.pt is written last: its presence marks a complete checkpoint.
-        torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "dual": dual.state_dict(),
-                    "rollouts": rollouts.state_dict() if rollouts is not None else None,
-                    "data": batches.state_dict(), "rng": _rng_state(),
-                    "elapsed_s": float(elapsed_s)},
-                   tmp / _STATE)
+        torch.save({**state.state_dict(), "rng": _rng_state()}, tmp / _STATE)
         target = root / f"step-{step}"
         if target.exists():
             shutil.rmtree(target)
@@ -129,25 +130,18 @@ def resume_path(resume, run_dir) -> Path | None:
     raise FileNotFoundError(f"train.resume={resume}: {problem}. Use {hint}")
 
 
-def maybe_resume(resume, run_dir, model, optimizer, scheduler, dual, rollouts,
-                 batches) -> tuple[int, float]:
-    """Restore state from ``resume`` (``auto`` = newest complete checkpoint in ``run_dir``,
-    or a checkpoint path, see `resume_path`); return the step to continue from and the
-    training seconds spent before it ((0, 0.0) when starting fresh; 0.0 for checkpoints
-    written before the clock was saved)."""
+def resume(resume, run_dir, state) -> bool:
+    """Restore ``state`` (a `pdalign.trainer.TrainState`) and the RNG from the checkpoint
+    ``resume`` names (``auto`` = the newest complete one in ``run_dir``, or a path; see
+    `resume_path`). Returns False, touching nothing, when starting fresh."""
     path = resume_path(resume, run_dir)
     if path is None:
-        return 0, 0.0
-    state = torch.load(path / _STATE, weights_only=False)
-    _load_weights(model, path / "model")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    dual.load_state_dict(state["dual"])
-    if rollouts is not None and state["rollouts"] is not None:
-        rollouts.load_state_dict(state["rollouts"])
-    batches.load_state_dict(state["data"])
-    _set_rng_state(state["rng"])
-    return int(state["step"]), float(state.get("elapsed_s", 0.0))
+        return False
+    saved = torch.load(path / _STATE, weights_only=False)
+    _load_weights(state.model, path / "model")
+    state.load_state_dict(saved)
+    _set_rng_state(saved["rng"])
+    return True
 
 
 def _load_weights(model, path: Path) -> None:

@@ -13,7 +13,10 @@ with g_hat. Two kinds:
   Ionides 2008, https://doi.org/10.1198/106186008X320456).
 
 A user constraint subclasses one of the two and is selected by ``_target_`` in a YAML file
-under ``conf/constraints/``; nothing else changes.
+under ``conf/constraints/``; nothing else changes. The trainer, the rollout manager and the
+evaluation never test a constraint's kind: they ask the constraint what it needs
+(`Constraint.sampled_prompts`, ``needs_kl``, ``reads_pairs``) and for its step estimate
+(`Constraint.step_estimate`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -43,6 +46,21 @@ class ConstraintEstimate:
     value: Tensor  # () detached g_hat
     surrogate: Tensor  # () differentiable, grad surrogate ~ grad g
     stats: dict[str, float] = field(default_factory=dict)  # optional diagnostics to log
+
+
+@dataclass
+class StepView:
+    """What one training step offers its constraints (`Constraint.step_estimate` reads it).
+
+    Args:
+        batch: the training forward's `pdalign.logprobs.SequenceLogps` over the preference rows
+            [chosen ; rejected] (2B,), with ``kl`` when some constraint ``needs_kl``.
+        rollout: {name: estimate} of every sampled constraint, from this step's forward over
+            the rollout rows (`pdalign.rollout.RolloutManager.estimates`); empty without any.
+    """
+
+    batch: Any
+    rollout: Mapping[str, ConstraintEstimate] = field(default_factory=dict)
 
 
 # ---- prompt sets ------------------------------------------------------------------------------
@@ -124,7 +142,6 @@ class Constraint:
         lambda_max: cap of this constraint's multiplier; None uses the dual config's.
     """
 
-    kind: ClassVar[str] = ""
     epsilon_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)  # closed interval
     epsilon_low_open: ClassVar[bool] = False  # True: epsilon must be > the low end
     epsilon_unit: ClassVar[str] = ""
@@ -152,6 +169,20 @@ class Constraint:
                              f"must be in {interval}{unit}")
         return value
 
+    # What the constraint needs, asked by the trainer, the rollout manager and the evaluation.
+    needs_kl: ClassVar[bool] = False  # the training forward computes KL(pi || pi_ref) per row
+    reads_pairs: ClassVar[bool] = False  # judged on held-out preference pairs (`estimate(out)`)
+
+    def sampled_prompts(self) -> Path | None:
+        """The prompt set whose policy samples this constraint scores, in training and (with
+        its held-out siblings) in evaluation; None for a constraint that needs no samples."""
+        return None
+
+    def step_estimate(self, view: StepView) -> ConstraintEstimate:
+        """This training step's g_hat and differentiable surrogate (the surrogate's value is
+        g_hat), from what the step offers (`StepView`)."""
+        raise NotImplementedError
+
     @property
     def needs_calibration(self) -> bool:
         """True while epsilon still waits for a reference rollout (Length's relative mode)."""
@@ -175,12 +206,14 @@ class Constraint:
 class BatchConstraint(Constraint):
     """A constraint read off the training forward over the concatenated chosen‖rejected batch."""
 
-    kind: ClassVar[str] = "batch"
-    needs_kl: ClassVar[bool] = False  # True: the trainer asks sequence_logps for KL(pi||pi_ref)
+    reads_pairs: ClassVar[bool] = True
 
     def estimate(self, out) -> ConstraintEstimate:
         """g_hat and surrogate from the training forward's `SequenceLogps` (rows: (2B,))."""
         raise NotImplementedError
+
+    def step_estimate(self, view: StepView) -> ConstraintEstimate:
+        return self.estimate(view.batch)
 
 
 class RolloutConstraint(Constraint):
@@ -196,7 +229,6 @@ class RolloutConstraint(Constraint):
             Default 0.9. Until the first update, a rollout is scored against its own mean.
     """
 
-    kind: ClassVar[str] = "rollout"
     # What the held-out certificate (`pdalign.evaluate`) may assume about c(x, y); training
     # does not read these. Declared binary costs get the exact Clopper-Pearson bound, a declared
     # range the finite-sample bounded-mean bound; a constraint declaring neither gets
@@ -219,6 +251,12 @@ class RolloutConstraint(Constraint):
                              f"got {baseline_momentum}")
         self.baseline_momentum = float(baseline_momentum)
         self.baseline: float | None = None  # set when the first rollout is retired
+
+    def sampled_prompts(self) -> Path:
+        return self.prompt_path
+
+    def step_estimate(self, view: StepView) -> ConstraintEstimate:
+        return view.rollout[self.name]
 
     def calibrate(self, reference_costs: Tensor) -> None:
         """Set state (e.g. epsilon) from costs of a reference-policy rollout. Default: no-op.

@@ -306,6 +306,24 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
+def enable_activation_checkpointing(model, every_n_layers: int) -> None:
+    """Recompute every ``every_n_layers``-th decoder layer in backward (0 = off).
+
+    Saved activations are most of a LoRA step's peak memory once the LM head is chunked; this
+    trades them for one more decoder forward per step at ``every_n_layers=1``. Non-reentrant
+    checkpointing, so frozen inputs need no ``requires_grad`` trick. Generation (rollouts,
+    evaluation) runs in eval mode and keeps its KV cache.
+    """
+    if every_n_layers == 0:
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"train.activation_checkpointing={every_n_layers}: "
+                         f"{type(model).__name__} does not support activation checkpointing; "
+                         "set train.activation_checkpointing=0")
+    model.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every_n_layers)
+
+
 # Forces what ``auto`` answers on a CPU (fp32 | bf16), so the suite can run as an AVX2-only
 # machine (fp32) or an AMX / AVX512-BF16 one (bf16) would: `PDALIGN_TEST_DTYPE=bf16 make test`.
 FORCE_DTYPE_ENV = "PDALIGN_TEST_DTYPE"

@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,6 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from pdalign.atomic import atomic_open, write_text
+from pdalign.certificate import eval_key, parse_eval_key, set_order, violation_drift
 from pdalign.logging import read_metrics
 
 # Runs sit one level under a Hydra sweep dir, two under its parent, but the sweep subdir is
@@ -54,11 +54,6 @@ PIN_FRAC = 0.99  # λ ≥ 0.99·λ_max counts as "at the cap" (λ is clipped, so
 NON_DEFINING_KEYS = ("seed", "logging.", "hydra.", "train.resume", "train.threads",
                      "train.ref_cache_dir", "train.activation_checkpointing",
                      "train.share_prompt")
-# Display units of the bundled constraints, for axis labels only; others get a generic label.
-UNITS = {"refusal": "rate", "over_refusal": "rate", "toxicity": "rate",
-         "kl_budget": "nats/token", "length": "tokens"}
-SET_ORDER = {"id": 0, "shifted": 1}
-_EVAL_KEY = re.compile(r"^eval/([^/]+)/([^/]+)/(value|upper|eps|violation|pass|n)$")
 _NO_RUNS = "no runs found under {root}: expected subdirectories with metrics.jsonl (a Hydra " \
            "multirun dir)"
 
@@ -291,36 +286,21 @@ def lambda_health(steps: np.ndarray, lam: np.ndarray, lambda_max: float | None,
     return "ok"
 
 
-def violation_drift(steps: np.ndarray, violation: np.ndarray) -> dict[str, float]:
-    """Final, max and trapezoid area of a held-out violation trajectory.
-
-    Args:
-        steps: eval steps, ``(E,)`` ascending.
-        violation: (value − ε)⁺ at those steps, ``(E,)``, in the constraint's unit.
-
-    Returns:
-        ``{"final", "max", "area"}``; area in violation·steps (0 for a single eval point).
-    """
-    area = float(np.sum((violation[1:] + violation[:-1]) / 2 * np.diff(steps)))
-    return {"final": float(violation[-1]), "max": float(violation.max()), "area": area}
-
-
 def heldout_violation(run: Run, constraint: str, prompt_set: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, (value − ε)⁺) of one held-out constraint; the logged ``violation`` when the
     value or ε is missing from the records."""
-    base = f"eval/{constraint}/{prompt_set}"
-    steps, value = run.series(f"{base}/value")
-    eps_steps, eps = run.series(f"{base}/eps")
+    steps, value = run.series(eval_key(constraint, prompt_set, "value"))
+    eps_steps, eps = run.series(eval_key(constraint, prompt_set, "eps"))
     if value.size and np.array_equal(steps, eps_steps):
         return steps, np.maximum(value - eps, 0.0)
-    steps, violation = run.series(f"{base}/violation")
+    steps, violation = run.series(eval_key(constraint, prompt_set, "violation"))
     return steps, np.maximum(violation, 0.0)
 
 
 def eval_pairs(runs: Iterable[Run]) -> list[tuple[str, str]]:
     """(constraint, prompt set) pairs with held-out values, constraints sorted, id first."""
-    pairs = {(m[1], m[2]) for r in runs for k in r.key_set if (m := _EVAL_KEY.match(k))}
-    return sorted(pairs, key=lambda p: (p[0], SET_ORDER.get(p[1], 9), p[1]))
+    return set_order(parsed[:2] for r in runs for k in r.key_set
+                     if (parsed := parse_eval_key(k)) is not None and parsed[2] == "value")
 
 
 def train_constraints(runs: Iterable[Run]) -> list[str]:
@@ -385,12 +365,14 @@ def summarize(runs: Sequence[Run], window_frac: float = 0.2,
         _put(row, "pref_accuracy", [r.final("eval/pref_accuracy") for r in used])
         _put(row, "wall_time_s", [(r.summary or {}).get("wall_time_s") for r in used])
         for c, s in pairs:
-            base = f"eval/{c}/{s}"
-            has = [r for r in used if r.final(f"{base}/value") is not None]
-            _put(row, f"{c}/{s}/value", [r.final(f"{base}/value") for r in has])
-            _put(row, f"{c}/{s}/upper", [r.final(f"{base}/upper") for r in has])
-            row[f"{c}/{s}/eps"] = _mean_std([r.final(f"{base}/eps") for r in has])[0]
-            passes = [r.final(f"{base}/pass") for r in has]
+            def final(field: str, r) -> float | None:
+                return r.final(eval_key(c, s, field))
+
+            has = [r for r in used if final("value", r) is not None]
+            _put(row, f"{c}/{s}/value", [final("value", r) for r in has])
+            _put(row, f"{c}/{s}/upper", [final("upper", r) for r in has])
+            row[f"{c}/{s}/eps"] = _mean_std([final("eps", r) for r in has])[0]
+            passes = [final("pass", r) for r in has]
             row[f"{c}/{s}/pass_k"] = sum(1 for p in passes if p is not None and p >= 0.5)
             row[f"{c}/{s}/pass_n"] = len(has)
             drifts = [violation_drift(*heldout_violation(r, c, s)) for r in has]
@@ -462,7 +444,7 @@ def paired_comparison(runs: Sequence[Run], confidence: float = 0.95) -> list[dic
         seeds = sorted(set(group) & set(baseline), key=str)
         metrics = [("pref_accuracy", None)] + [(f"{c}/{s}", (c, s)) for c, s in pairs]
         for name, pair in metrics:
-            key = "eval/pref_accuracy" if pair is None else f"eval/{pair[0]}/{pair[1]}/value"
+            key = "eval/pref_accuracy" if pair is None else eval_key(*pair, "value")
             both = [k for k in seeds
                     if group[k].final(key) is not None and baseline[k].final(key) is not None]
             if not both:
@@ -694,8 +676,22 @@ def _grid(n: int, title: str):
     return fig, axes[:n]
 
 
-def _unit(constraint: str) -> str:
-    return UNITS.get(constraint, "constraint units")
+def constraint_unit(runs: Iterable[Run], constraint: str) -> str:
+    """The unit of a constraint's g and epsilon, from its class (``epsilon_unit``), found by the
+    ``_target_`` the runs' configs name; a generic label when no run names an importable one."""
+    from hydra.utils import get_class
+
+    for r in runs:
+        target = ((r.config.get("constraints") or {}).get(constraint) or {}).get("_target_")
+        if not target:
+            continue
+        try:
+            unit = getattr(get_class(target), "epsilon_unit", "")
+        except Exception:  # a plugin not importable here: the label is all that is lost
+            continue
+        if unit:
+            return unit
+    return "constraint units"
 
 
 def _draw(ax, runs_by_label: dict[str, list[Run]], colors: dict[str, Any], series,
@@ -743,7 +739,8 @@ def plot_g_vs_eps(runs_by_label, colors, constraints: list[str], path: Path) -> 
         epsilons = {r.final(f"eps/{c}") for g in groups.values() for r in g} - {None}
         for eps in sorted(epsilons):
             ax.axhline(eps, color="black", ls="--", lw=1, label=f"ε = {_fmt(eps)}")
-        ax.set(title=c, xlabel="step (optimizer steps)", ylabel=f"ĝ ({_unit(c)})")
+        unit = constraint_unit((r for g in groups.values() for r in g), c)
+        ax.set(title=c, xlabel="step (optimizer steps)", ylabel=f"ĝ ({unit})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save_png(fig, path)
@@ -762,8 +759,9 @@ def plot_heldout_violation(runs_by_label, colors, pairs: list[tuple[str, str]],
         ax.axhline(0.0, color="black", lw=0.8)
         # A positive part is never below 0: keep only a sliver of axis under it.
         ax.set_ylim(bottom=-0.05 * max(ax.get_ylim()[1], 1e-9))
+        unit = constraint_unit((r for g in groups.values() for r in g), c)
         ax.set(title=f"{c} / {s}", xlabel="step (optimizer steps)",
-               ylabel=f"(value − ε)⁺ ({_unit(c)})")
+               ylabel=f"(value − ε)⁺ ({unit})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save_png(fig, path)

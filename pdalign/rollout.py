@@ -60,13 +60,16 @@ def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 @contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
+def eval_mode(*models):
+    """Switch the given models (None skipped) to eval mode, restoring each one's mode after."""
+    modes = [(m, m.training) for m in models if m is not None]
+    for m, _ in modes:
+        m.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for m, was_training in modes:
+            m.train(was_training)
 
 
 @contextmanager
@@ -146,7 +149,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempe
     prompt_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
     responses: list[list[int]] = []
     starts = range(0, len(prompts), batch_size)
-    with _eval_mode(model), _seeded(seed, device):
+    with eval_mode(model), _seeded(seed, device):
         for start in tqdm(starts, desc="rollout", leave=False, disable=len(starts) <= 2):
             batch = prompt_ids[start:start + batch_size]
             width = max(len(p) for p in batch)
@@ -200,8 +203,8 @@ class RolloutManager:
     ``step_estimates(model, step)`` does all three with its own forward.
 
     Args:
-        constraints: constraints (a list or a name -> constraint mapping); batch constraints are
-            ignored here.
+        constraints: constraints (a list or a name -> constraint mapping); those whose
+            `sampled_prompts` is None (batch constraints) are ignored here.
         tokenizer: the policy's tokenizer.
         every: steps between fresh rollouts; 1 = fresh samples every step (no reuse).
         prompts_per_rollout: prompts drawn (without replacement) per prompt set per rollout;
@@ -233,8 +236,8 @@ class RolloutManager:
         self.is_clip, self.seed = float(is_clip), int(seed)
         by_path: dict[Path, list[RolloutConstraint]] = {}
         for c in constraints:
-            if c.kind == "rollout":
-                by_path.setdefault(c.prompt_path, []).append(c)
+            if (path := c.sampled_prompts()) is not None:
+                by_path.setdefault(path, []).append(c)
         # group key: the constraints' names joined, stable across machines (paths are not)
         self.groups = {"+".join(c.name for c in group): group for group in by_path.values()}
         self.rollouts: dict[str, Rollout] = {}

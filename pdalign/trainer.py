@@ -1,15 +1,19 @@
-"""The training loop: setup -> (forward, primal step, dual step) per step -> log -> checkpoint.
+"""The training loop, as a table of contents: `setup`, `primal_step`, `lagrangian`, `dual_step`,
+and `train`, which reads on one screen.
 
-One function, `train`, reads top to bottom. Baselines (``method.constrained: false``) run the
-same loop with no constraint terms and no dual step, so "DPO vs primal-dual" differs by exactly
-the Lagrangian terms. A step of the primal-dual method:
+A step of the primal-dual method (Lagrangian L(theta, lambda) = L_pref + sum_i lambda_i (g_i - eps_i)):
 
-1. one forward over [chosen ; rejected] (plus the reference pass, adapter disabled) and one
-   over the current rollout samples (joined into the first under DDP), giving L_pref, each
-   constraint's estimate g_i and surrogate s_i;
-2. loss = L_pref + sum_i lambda_i * (s_i - eps_i) -> backward -> optimizer step;
-3. in the same iteration, from the same g_i (mean-all-reduced across ranks, so lambda is
+1. primal: one forward over [chosen ; rejected] (plus the reference pass, adapter disabled) and
+   one over the current rollout samples, giving L_pref and, from each constraint
+   (`Constraint.step_estimate`), its estimate g_i and differentiable surrogate s_i;
+   loss = `lagrangian` -> backward -> optimizer step;
+2. dual: in the same iteration, from the same g_i (mean-all-reduced across ranks, so lambda is
    identical everywhere): lambda <- DualState.update(g, eps).
+
+Baselines (``method.constrained: false``) run the same loop with no constraint terms and no dual
+step, so "DPO vs primal-dual" differs by exactly the Lagrangian terms. Everything built from the
+config comes from `pdalign.build`; everything a step changes lives in `TrainState`, which is
+what a checkpoint holds.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pdalign import build
 from pdalign import checkpoint as ckpt
 from pdalign.config import check_config
+from pdalign.constraint import ConstraintEstimate, StepView
 from pdalign.evaluate import eval_kwargs, evaluate, heldout_prompt_sets
 from pdalign.logging import MetricsLogger
 from pdalign.logprobs import (
@@ -37,18 +44,7 @@ from pdalign.logprobs import (
     sequence_logps,
 )
 from pdalign.manifest import write_manifest
-from pdalign.models import (
-    FORCE_DTYPE_ENV,
-    apply_peft,
-    autocast,
-    bnb_4bit_config,
-    cache_dir,
-    frozen_copy,
-    has_adapter,
-    load_model,
-    load_tokenizer,
-    resolve_dtype,
-)
+from pdalign.models import FORCE_DTYPE_ENV, autocast, cache_dir
 
 log = logging.getLogger("pdalign")
 
@@ -96,34 +92,6 @@ class PolicyForward(torch.nn.Module):
         return {k: v for k, v in vars(out).items() if v is not None}
 
 
-def build_constraints(cfg: DictConfig) -> list:
-    """Instantiate every listed constraint (validates eps and prompt files before any model)."""
-    from hydra.utils import instantiate
-
-    built = []
-    for key, node in (cfg.get("constraints") or {}).items():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise ValueError(f"constraints.{key} has no _target_; each entry of conf/constraints/ "
-                             f"must name its class, e.g. _target_: pdalign.constraints.length.Length")
-        try:
-            # an entry without a name takes its key's, so errors and logs say the same thing
-            built.append(instantiate(node) if "name" in node else instantiate(node, name=key))
-        except Exception as err:  # hydra wraps import and constructor errors: one clear line
-            cause = err.__cause__ or err
-            if isinstance(cause, ImportError):
-                reason = cause.__cause__ or cause
-                raise ValueError(
-                    f"constraints.{key}._target_={node._target_} cannot be imported "
-                    f"({type(reason).__name__}: {str(reason).splitlines()[0]}). Put the class "
-                    f"in constraints/<file>.py and name it pdalign.constraints.<file>.<Class>, "
-                    f"or fix the dotted path") from err
-            message = str(cause)
-            if not message.startswith(f"constraints.{key}"):
-                message = f"constraints.{key}: {message}"
-            raise ValueError(message) from err
-    return built
-
-
 def _optimizer(params, tcfg: DictConfig, peft_cfg: DictConfig):
     name = peft_cfg.get("optimizer") or tcfg.optimizer
     kwargs = {"lr": tcfg.lr, "weight_decay": tcfg.weight_decay}
@@ -149,24 +117,6 @@ def _schedule(optimizer, tcfg: DictConfig):
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def enable_activation_checkpointing(model, every_n_layers: int) -> None:
-    """Recompute every ``every_n_layers``-th decoder layer in backward (0 = off).
-
-    Saved activations are most of a LoRA step's peak memory once the LM head is chunked; this
-    trades them for one more decoder forward per step at ``every_n_layers=1``. Non-reentrant
-    checkpointing, so frozen inputs need no ``requires_grad`` trick. Generation (rollouts,
-    evaluation) runs in eval mode and keeps its KV cache.
-    """
-    if every_n_layers == 0:
-        return
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ValueError(f"train.activation_checkpointing={every_n_layers}: "
-                         f"{type(model).__name__} does not support activation checkpointing; "
-                         "set train.activation_checkpointing=0")
-    model.activation_checkpointing_enable(
-        activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every_n_layers)
 
 
 def _finite_on_all_ranks(accelerator, finite: bool, device: torch.device) -> bool:
@@ -215,44 +165,112 @@ class BatchStream:
         self.pos = state["pos"]
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Run one training job described by ``cfg`` and return a summary dict."""
-    from accelerate import Accelerator
-    from hydra.utils import instantiate
-    from tqdm.auto import tqdm
+@dataclass
+class TrainState:
+    """Everything a training step changes; `state_dict` (with the weights beside it) is what a
+    checkpoint holds and a resume restores (`pdalign.checkpoint`).
 
-    from pdalign.data import PreferenceCollator, build_dataset, source_file
-    from pdalign.dual import DualState
-    from pdalign.models import reference_mode
+    Args:
+        model: the policy (its weights are saved with ``save_pretrained``).
+        optimizer, scheduler: the primal optimizer and its learning-rate schedule.
+        dual: the multipliers (`pdalign.dual.DualState`).
+        rollouts: the rollout manager (samples, baselines, its RNG), or None.
+        batches: the seeded preference batch stream (`BatchStream`).
+        step: optimizer steps done.
+        elapsed_s: the run's training seconds up to the last checkpoint, so a resumed run's
+            clock covers every leg.
+    """
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    dual: Any
+    rollouts: Any
+    batches: BatchStream
+    step: int = 0
+    elapsed_s: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "dual": self.dual.state_dict(),
+                "rollouts": self.rollouts.state_dict() if self.rollouts is not None else None,
+                "data": self.batches.state_dict(), "elapsed_s": float(self.elapsed_s)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.dual.load_state_dict(state["dual"])
+        if self.rollouts is not None and state["rollouts"] is not None:
+            self.rollouts.load_state_dict(state["rollouts"])
+        self.batches.load_state_dict(state["data"])
+        self.step = int(state["step"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))  # older checkpoints lack the clock
+
+
+@dataclass
+class Setup:
+    """What `setup` builds once and every step reads (nothing here changes during training)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    accelerator: Any
+    objective: Any
+    constraints: list  # trained on (empty for a baseline)
+    eval_constraints: list  # judged on held-out prompts: every listed constraint
+    eps: torch.Tensor  # (C,) float64, the bounds of `constraints`
+    policy: build.Policy
+    forward: PolicyForward  # the policy's log-prob forward, prepared by accelerate
+    heldout: list  # tokenized held-out pairs
+    params: list  # the trainable parameters
+    logger: MetricsLogger
+    precomputed: bool  # reference log-probs come with the batch (train.precompute_ref_logps)
+    ref_in_step: bool  # the step runs the reference forward
+    share_prompt: bool  # each pair's prompt runs once (train.share_prompt)
+    shared_forward: bool  # rollout rows join the pairs' forward (one forward per backward: DDP)
+    warned: set = field(default_factory=set)  # constraints already warned about as stalled
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+@dataclass
+class StepResult:
+    """One primal step, for the dual step and the log."""
+
+    finite: bool  # False: a loss, estimate or gradient was non-finite; nothing was updated
+    g: torch.Tensor  # (C,) float64: each constraint's estimate, mean over micro-batches
+    metrics: dict[str, float]  # loss, loss/pref, the objective's metrics, lr, grad_norm
+    tokens: int  # tokens through the forward (preference and rollout rows)
+
+
+def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
+    """Build the run from ``cfg``: checks, then the parts (`pdalign.build`), then the state,
+    restored from a checkpoint when ``train.resume`` names one. Everything that can be wrong
+    with the config or the data fails before the model loads."""
+    from accelerate import Accelerator
+
+    from pdalign.data import PreferenceCollator, source_file
 
     run_dir = Path(run_dir)
     check_config(cfg)  # every key and range, before anything reads one
-    tcfg, dcfg = cfg.train, cfg.data
-    steps, accum = int(tcfg.steps), int(tcfg.grad_accum)
+    tcfg = cfg.train
     if tcfg.threads:
         torch.set_num_threads(int(tcfg.threads))
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=accum)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=int(tcfg.grad_accum))
     device, main = accelerator.device, accelerator.is_main_process
     seed_everything(int(cfg.seed))
 
-    # ---- everything that can be wrong in the config or data fails here, before the model --
-    objective = instantiate(cfg.objectives[cfg.method.objective])
+    # ---- config and data, before the model ---------------------------------------------------
+    objective = build.build_objective(cfg)
     # every listed constraint is evaluated on held-out prompts; only primal-dual trains on them
-    eval_constraints = build_constraints(cfg)
+    eval_constraints = build.build_constraints(cfg)
     constraints = eval_constraints if cfg.method.constrained else []
-    names = [c.name for c in constraints]
-    dual_kwargs = OmegaConf.to_container(cfg.dual, resolve=True)  # keys = DualState's args
-    dual_kwargs["lambda_max"] = [c.lambda_max if c.lambda_max is not None
-                                 else float(cfg.dual.lambda_max) for c in constraints]
-    dual = DualState(names, **dual_kwargs)
-    dtype = resolve_dtype(tcfg.dtype, device.type)
-    quantize = bool(cfg.peft.get("quantize", False))
-    quant = bnb_4bit_config(dtype, cfg.peft.quant_type, cfg.peft.double_quant) if quantize else None
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    train_set, heldout_set, skipped = build_dataset(
-        tokenizer, dcfg.train, heldout=dcfg.get("heldout"), columns=dict(dcfg.columns),
-        max_length=dcfg.max_length, max_prompt_length=dcfg.max_prompt_length,
-        skip_invalid=dcfg.skip_invalid)
+    dual = build.build_dual(cfg, constraints)
+    dtype, quant = build.build_precision(cfg, device)
+    tokenizer = build.build_tokenizer(cfg)
+    train_set, heldout_set, skipped = build.build_datasets(cfg, tokenizer)
     log.info("data: %d train pairs, %d held-out, skipped %s", len(train_set), len(heldout_set),
              dict(skipped) or "none")
     forced = os.environ.get(FORCE_DTYPE_ENV) if tcfg.dtype == "auto" else None
@@ -270,22 +288,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"train.activation_checkpointing must be >= 0 (0 = off, k = every k-th "
                          f"decoder layer), got {recompute}")
 
-    # ---- model, reference, optimizer, rollouts ---------------------------------------------
-    model, _ = load_model(cfg.model.name_or_path, tiny=cfg.model.get("tiny"),
-                          quantization=quant, trust_remote_code=cfg.model.trust_remote_code,
-                          revision=cfg.model.get("revision"))
-    model.config.use_cache = False
-    enable_activation_checkpointing(model, recompute)
-    adapter = cfg.peft.get("adapter", "lora") != "none"
-    model = apply_peft(model, OmegaConf.to_container(cfg.peft) if adapter else None,
-                       quantized=quantize).to(device)
-    needs_kl = any(getattr(c, "needs_kl", False) for c in constraints)
-    ref_model = (frozen_copy(model) if (objective.needs_reference or needs_kl)
-                 and not has_adapter(model) else None)
+    # ---- policy, reference, optimizer, batch stream, rollouts ------------------------------
+    needs_kl = any(c.needs_kl for c in constraints)
+    policy = build.build_policy(cfg, tokenizer, dtype=dtype, quant=quant, device=device,
+                                needs_reference=objective.needs_reference or needs_kl)
+    model, ref_model = policy.model, policy.ref_model
     precomputed = bool(tcfg.precompute_ref_logps and objective.needs_reference)
     if precomputed:
         model_id = {"model": OmegaConf.to_container(cfg.model, resolve=True),
-                    "quantize": quantize, "dtype": str(dtype)}
+                    "quantize": quant is not None, "dtype": str(dtype)}
         path = Path(tcfg.ref_cache_dir or cache_dir() / "reference")
         with autocast(dtype, device.type):
             train_set = precompute_reference(
@@ -293,9 +304,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 path / f"{reference_cache_key(model_id, train_set)}.pt",
                 batch_size=int(tcfg.batch_size), ref_model=ref_model, device=device,
                 progress=main)
-    # The reference forward runs in the step when the loss needs it and it was not cached,
-    # and always for the exact KL budget (which needs the reference's whole distribution).
-    ref_in_step = needs_kl or (objective.needs_reference and not precomputed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, tcfg, cfg.peft)
     scheduler = _schedule(optimizer, tcfg)
@@ -303,45 +311,28 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=int(tcfg.batch_size), shuffle=True, drop_last=True,
         generator=generator, collate_fn=PreferenceCollator(tokenizer.pad_token_id))
-    policy, optimizer, loader, scheduler = accelerator.prepare(
+    forward, optimizer, loader, scheduler = accelerator.prepare(
         PolicyForward(model, ref_model), optimizer, loader, scheduler)
-    batches = BatchStream(loader, generator)
-    # One process: rollout rows get a forward of their own at their own width (~half the
-    # pairs' here) instead of being padded to the pairs' width. Under DDP one forward per
-    # backward is required, so they share the pairs' forward there.
-    shared_forward = accelerator.num_processes > 1
-    # Chosen and rejected share their prompt: it runs once per pair (policy and reference),
-    # the same numbers with the prompt's share of the decoder work and activations saved.
     share_setting = tcfg.get("share_prompt", "auto")
     share_prompt = resolve_share_prompt(share_setting, device.type)
     log.info("shared prompt: %s (train.share_prompt=%s)", share_prompt, share_setting)
-    rollouts = None
-    if any(c.kind == "rollout" for c in constraints):
-        from pdalign.rollout import RolloutManager
+    # each data-parallel rank samples its own responses; g is averaged across ranks
+    rollouts = build.build_rollouts(cfg, constraints, tokenizer, rank=accelerator.process_index,
+                                    every=int(tcfg.rollout_every))
+    state = TrainState(model, optimizer, scheduler, dual, rollouts, BatchStream(loader, generator))
+    ckpt.resume(tcfg.get("resume"), run_dir, state)
+    build.calibrate(cfg, eval_constraints, policy, rollouts)
 
-        # each data-parallel rank samples its own responses; g is averaged across ranks
-        rollouts = RolloutManager(constraints, tokenizer, every=int(tcfg.rollout_every),
-                                  seed=int(cfg.seed) + accelerator.process_index,
-                                  **OmegaConf.to_container(tcfg.rollout))
-    start_step, elapsed_before = ckpt.maybe_resume(tcfg.get("resume"), run_dir, model,
-                                                   optimizer, scheduler, dual, rollouts, batches)
-    if any(c.needs_calibration for c in eval_constraints):
-        from pdalign.rollout import RolloutManager
-
-        calibrator = rollouts or RolloutManager(eval_constraints, tokenizer, seed=int(cfg.seed),
-                                                **OmegaConf.to_container(tcfg.rollout))
-        with reference_mode(model, ref_model) as ref:
-            log.info("calibrated from the reference: %s", calibrator.calibrate(ref))
-    eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
+    # ---- provenance and logs -------------------------------------------------------------------
     if main:
         # the same files for every method of a sweep: training data, and each listed
         # constraint's training and held-out prompt sets
-        files = [source_file(dcfg.train), source_file(dcfg.get("heldout"))]
+        files = [source_file(cfg.data.train), source_file(cfg.data.get("heldout"))]
         sets = cfg.eval.get("sets") or {}
         for c in eval_constraints:
-            if c.kind == "rollout":
-                files.append(c.prompt_path)
-                files += [path for path, _ in heldout_prompt_sets(c, sets.get(c.name)).values()]
+            if (prompts := c.sampled_prompts()) is not None:
+                files.append(prompts)
+                files += [p for p, _ in heldout_prompt_sets(c, sets.get(c.name)).values()]
         write_manifest(run_dir, OmegaConf.to_container(cfg, resolve=True),
                        [f for f in files if f is not None], seed=int(cfg.seed),
                        dtype=str(dtype).replace("torch.", ""),
@@ -349,144 +340,212 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     logger = MetricsLogger(run_dir, OmegaConf.to_container(cfg, resolve=True),
                            use_wandb=cfg.logging.wandb, project=cfg.logging.project,
                            group=cfg.logging.group, name=run_dir.name, enabled=main,
-                           resume=start_step > 0, resume_step=start_step)
+                           resume=state.step > 0, resume_step=state.step)
+    eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
+    s = Setup(cfg, run_dir, accelerator, objective, constraints, eval_constraints, eps, policy,
+              forward, heldout_set, params, logger, precomputed,
+              ref_in_step=needs_kl or (objective.needs_reference and not precomputed),
+              share_prompt=share_prompt,
+              # One process: rollout rows get a forward of their own at their own width (~half
+              # the pairs' here). Under DDP one forward per backward is required, so they share
+              # the pairs' forward there.
+              shared_forward=accelerator.num_processes > 1)
+    return s, state
 
-    # ---- the loop ----------------------------------------------------------------------
-    bar = tqdm(total=steps, initial=start_step, desc=f"train {cfg.method.name}", disable=not main)
-    # the run's clock: a resumed run continues from the training time its checkpoint saved
-    step, nonfinite, warned = start_step, 0, set()
-    t_start = time.perf_counter() - elapsed_before
-    record: dict[str, Any] = {}
-    while step < steps:
-        t0 = time.perf_counter()
-        model.train()
-        if rollouts is not None:
-            with autocast(dtype, device.type):
-                rollouts.maybe_sample(model, step, device=device)
-        g_sum = torch.zeros(len(constraints), dtype=torch.float64)
-        sums: dict[str, float] = {}
-        tokens, finite = 0, True
-        for _ in range(accum):
-            batch = batches.next()
-            b = batch["index"].shape[0]
-            ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-            ro = rollouts.rows(device) if rollouts is not None else None
-            if ro is not None and shared_forward:  # rollout rows join the pairs' forward
-                ids = _pad_cat(ids, ro["input_ids"], tokenizer.pad_token_id)
-                mask = _pad_cat(mask, ro["attention_mask"], 0)
-                labels = _pad_cat(labels, ro["labels"], -100)
-            with accelerator.accumulate(policy), autocast(dtype, device.type):
-                out = policy(ids, mask, labels, ref_rows=2 * b if ref_in_step else 0,
-                             with_kl=needs_kl, pairs=b if share_prompt else None)
-                pref = {"chosen_logps": out["logps"][:b], "rejected_logps": out["logps"][b:2 * b],
-                        "chosen_n_tokens": out["n_tokens"][:b],
-                        "rejected_n_tokens": out["n_tokens"][b:2 * b]}
-                if objective.needs_reference:
-                    ref = (torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
-                           if precomputed else out["ref_logps"][:2 * b])
-                    pref["ref_chosen_logps"], pref["ref_rejected_logps"] = ref[:b], ref[b:]
-                losses, metrics = objective(pref)
-                loss = losses.mean()
-                if constraints:
-                    batch_out = SequenceLogps(**{k: v[:2 * b] for k, v in out.items()})
-                    est = {c.name: c.estimate(batch_out) for c in constraints
-                           if c.kind == "batch"}
-                    if ro is not None:
-                        ro_logps = (out["logps"][2 * b:] if shared_forward else policy(
-                            ro["input_ids"], ro["attention_mask"], ro["labels"])["logps"])
-                        est.update(rollouts.estimates(ro_logps, step))
-                        tokens += 0 if shared_forward else int(ro["attention_mask"].sum())
-                    # primal: the Lagrangian with this step's lambda (constant in theta)
-                    lam = dual.lam.to(device=loss.device, dtype=torch.float32)
-                    for i, c in enumerate(constraints):
-                        loss = loss + lam[i] * (est[c.name].surrogate - float(eps[i]))
-                        g_sum[i] += float(est[c.name].value)
-                finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(g_sum).all())
-                if accelerator.num_processes > 1:
-                    # Skip on every rank or none: a rank that skipped backward would leave
-                    # the others waiting in DDP's gradient all-reduce.
-                    finite = _finite_on_all_ranks(accelerator, finite, loss.device)
-                if not finite:
-                    break
-                accelerator.backward(loss)  # accelerate divides by grad_accum
-            metrics["loss/pref"] = float(losses.detach().mean())
-            metrics["loss"] = float(loss.detach())
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v / accum
-            tokens += int(mask.sum())
 
-        grad_norm = (accelerator.clip_grad_norm_(params, tcfg.max_grad_norm)
-                     if finite and tcfg.max_grad_norm else None)
-        if grad_norm is not None and not torch.isfinite(grad_norm):
-            finite = False  # a finite loss with overflowing gradients: skip it the same way
-        if not finite:  # skip the whole step: no primal update, no dual update
-            optimizer.zero_grad(set_to_none=True)
-            nonfinite += 1
-            log.warning("step %d: non-finite loss, gradient or constraint estimate; step "
-                        "skipped (%d in a row)", step + 1, nonfinite)
-            logger.log({"step": step + 1, "skipped_nonfinite": 1})
-            if nonfinite >= int(tcfg.max_nonfinite_steps):
-                raise FloatingPointError(
-                    f"{nonfinite} non-finite steps in a row at step {step + 1}: the likely "
-                    f"causes are a too-large train.lr, a too-large beta, or bf16 overflow "
-                    f"(try train.dtype=fp32)")
-            step += 1
+def lagrangian(pref_loss: torch.Tensor, estimates: list[ConstraintEstimate], lam: torch.Tensor,
+               eps: torch.Tensor) -> torch.Tensor:
+    """The primal objective L_pref + sum_i lambda_i (s_i - eps_i), lambda constant in theta.
+
+    Args:
+        pref_loss: () the preference loss, mean over the micro-batch's pairs.
+        estimates: one per constraint, in order; each surrogate s_i () carries the value of the
+            estimate g_i, so the loss reads in the constraints' own units.
+        lam: (C,) this step's multipliers (float64; used in float32).
+        eps: (C,) the bounds.
+    """
+    lam = lam.to(device=pref_loss.device, dtype=torch.float32)
+    loss = pref_loss
+    for i, est in enumerate(estimates):
+        loss = loss + lam[i] * (est.surrogate - float(eps[i]))
+    return loss
+
+
+def _micro_batch(s: Setup, state: TrainState, batch: dict):
+    """(preference losses (B,), metrics, constraint estimates, tokens) of one micro-batch:
+    the policy forward over [chosen ; rejected] (+ reference, + rollout rows), the objective,
+    and each constraint's `step_estimate`."""
+    b = batch["index"].shape[0]
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    pad = s.policy.tokenizer.pad_token_id
+    ro = state.rollouts.rows(s.policy.device) if state.rollouts is not None else None
+    if ro is not None and s.shared_forward:  # rollout rows join the pairs' forward
+        ids = _pad_cat(ids, ro["input_ids"], pad)
+        mask = _pad_cat(mask, ro["attention_mask"], 0)
+        labels = _pad_cat(labels, ro["labels"], -100)
+    out = s.forward(ids, mask, labels, ref_rows=2 * b if s.ref_in_step else 0,
+                    with_kl=any(c.needs_kl for c in s.constraints),
+                    pairs=b if s.share_prompt else None)
+    pref = {"chosen_logps": out["logps"][:b], "rejected_logps": out["logps"][b:2 * b],
+            "chosen_n_tokens": out["n_tokens"][:b], "rejected_n_tokens": out["n_tokens"][b:2 * b]}
+    if s.objective.needs_reference:
+        ref = (torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
+               if s.precomputed else out["ref_logps"][:2 * b])
+        pref["ref_chosen_logps"], pref["ref_rejected_logps"] = ref[:b], ref[b:]
+    losses, metrics = s.objective(pref)
+    tokens = int(mask.sum())
+    if not s.constraints:
+        return losses, metrics, [], tokens
+    rollout = {}
+    if ro is not None:
+        ro_logps = (out["logps"][2 * b:] if s.shared_forward else s.forward(
+            ro["input_ids"], ro["attention_mask"], ro["labels"])["logps"])
+        rollout = state.rollouts.estimates(ro_logps, state.step)
+        tokens += 0 if s.shared_forward else int(ro["attention_mask"].sum())
+    view = StepView(batch=SequenceLogps(**{k: v[:2 * b] for k, v in out.items()}),
+                    rollout=rollout)
+    return losses, metrics, [c.step_estimate(view) for c in s.constraints], tokens
+
+
+def primal_step(s: Setup, state: TrainState) -> StepResult:
+    """One optimizer step on theta: per micro-batch, the forward, the `lagrangian` at this
+    step's lambda and backward; then clip and step. A non-finite loss, estimate or gradient
+    (on any rank) skips the whole step: no update, gradients dropped."""
+    model, device, dtype = s.policy.model, s.policy.device, s.policy.dtype
+    tcfg, accum = s.cfg.train, int(s.cfg.train.grad_accum)
+    model.train()
+    if state.rollouts is not None:
+        with autocast(dtype, device.type):
+            state.rollouts.maybe_sample(model, state.step, device=device)
+    g_sum = torch.zeros(len(s.constraints), dtype=torch.float64)
+    sums: dict[str, float] = {}
+    tokens, finite = 0, True
+    for _ in range(accum):
+        batch = state.batches.next()
+        with s.accelerator.accumulate(s.forward), autocast(dtype, device.type):
+            losses, metrics, estimates, n_tokens = _micro_batch(s, state, batch)
+            loss = lagrangian(losses.mean(), estimates, state.dual.lam, s.eps)
+            for i, est in enumerate(estimates):
+                g_sum[i] += float(est.value)
+            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(g_sum).all())
+            if s.accelerator.num_processes > 1:
+                # Skip on every rank or none: a rank that skipped backward would leave
+                # the others waiting in DDP's gradient all-reduce.
+                finite = _finite_on_all_ranks(s.accelerator, finite, loss.device)
+            if not finite:
+                break
+            s.accelerator.backward(loss)  # accelerate divides by grad_accum
+        metrics["loss/pref"] = float(losses.detach().mean())
+        metrics["loss"] = float(loss.detach())
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v / accum
+        tokens += n_tokens
+    grad_norm = (s.accelerator.clip_grad_norm_(s.params, tcfg.max_grad_norm)
+                 if finite and tcfg.max_grad_norm else None)
+    if grad_norm is not None and not torch.isfinite(grad_norm):
+        finite = False  # a finite loss with overflowing gradients: skip it the same way
+    if finite:
+        state.optimizer.step()
+        state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    sums.update({"lr": state.scheduler.get_last_lr()[0],
+                 "grad_norm": float("nan") if grad_norm is None else float(grad_norm)})
+    return StepResult(finite, g_sum / accum, sums, tokens)
+
+
+def dual_step(s: Setup, state: TrainState, g_local: torch.Tensor) -> dict[str, float]:
+    """lambda <- DualState.update(g, eps) with this step's estimates, mean-all-reduced across
+    ranks first so every rank holds the same lambda (the update and its synchronisation side
+    by side). Returns the step's lambda / lambda_next / g / eps / violation per constraint."""
+    if not s.constraints:
+        return {}
+    g = s.accelerator.reduce(g_local.to(s.policy.device), reduction="mean")
+    g = g.cpu().to(torch.float64)
+    lam_used = state.dual.lam.clone()
+    state.dual.update(g, s.eps)
+    record: dict[str, float] = {}
+    for i, c in enumerate(s.constraints):
+        record[f"lambda/{c.name}"] = float(lam_used[i])
+        record[f"lambda_next/{c.name}"] = float(state.dual.lam[i])
+        record[f"g/{c.name}"] = float(g[i])
+        record[f"eps/{c.name}"] = float(s.eps[i])
+        record[f"violation/{c.name}"] = float(g[i] - s.eps[i])
+    for i in state.dual.stalled():
+        name = s.constraints[i].name
+        if name not in s.warned:
+            s.warned.add(name)
+            log.warning("constraint %s is not being met at the current capacity: its lambda is "
+                        "pinned at lambda_max or keeps rising (lambda=%.3f)", name,
+                        float(state.dual.lam[i]))
+    return record
+
+
+def _skip(s: Setup, step: int, in_a_row: int) -> None:
+    """Log a skipped non-finite step; stop once ``train.max_nonfinite_steps`` come in a row."""
+    log.warning("step %d: non-finite loss, gradient or constraint estimate; step skipped "
+                "(%d in a row)", step, in_a_row)
+    s.logger.log({"step": step, "skipped_nonfinite": 1})
+    if in_a_row >= int(s.cfg.train.max_nonfinite_steps):
+        raise FloatingPointError(
+            f"{in_a_row} non-finite steps in a row at step {step}: the likely causes are a "
+            f"too-large train.lr, a too-large beta, or bf16 overflow (try train.dtype=fp32)")
+
+
+def _due(every, step: int, steps: int) -> bool:
+    """At the last step, and every ``every`` steps (0 or None: only the last)."""
+    return step == steps or bool(every and step % int(every) == 0)
+
+
+def _held_out(s: Setup, step: int) -> dict[str, float]:
+    p = s.policy
+    return {"step": step, **evaluate(
+        p.model, p.tokenizer, s.eval_constraints, heldout_features=s.heldout,
+        objective=s.objective, ref_model=p.ref_model, dtype=p.dtype, device=p.device,
+        progress=s.main, **eval_kwargs(s.cfg.eval))}
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Run one training job described by ``cfg`` and return a summary dict."""
+    from tqdm.auto import tqdm
+
+    s, state = setup(cfg, run_dir)
+    steps, start, every = int(cfg.train.steps), state.step, int(cfg.logging.every)
+    t_start = time.perf_counter() - state.elapsed_s  # a resumed run continues its clock
+    bar = tqdm(total=steps, initial=start, desc=f"train {cfg.method.name}", disable=not s.main)
+    last: dict[str, Any] = {}
+    nonfinite = 0
+    try:
+        while state.step < steps:
+            t0 = time.perf_counter()
+            # primal: forward, the Lagrangian at this lambda, backward, optimizer step
+            out = primal_step(s, state)
+            # dual: the same iteration's g_i (a skipped step updates nothing)
+            duals = dual_step(s, state, out.g) if out.finite else {}
+            state.step += 1
+            nonfinite = 0 if out.finite else nonfinite + 1
+            if not out.finite:
+                _skip(s, state.step, nonfinite)
+            else:
+                if s.policy.device.type == "cuda":  # time the kernels, not their launch
+                    torch.cuda.synchronize(s.policy.device)
+                dt = time.perf_counter() - t0
+                last = {"step": state.step, **duals, **out.metrics, "step_time_s": dt,
+                        "tokens_per_s": out.tokens / dt if dt > 0 else 0.0}
+                if state.step % every == 0 or state.step == steps:
+                    s.logger.log(last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
             bar.update(1)
-            if main and step == steps:
-                ckpt.save(run_dir, step, model, optimizer, scheduler, dual, rollouts, batches,
-                          keep_last=int(tcfg.keep_last),
-                          elapsed_s=time.perf_counter() - t_start)
-            continue
-        nonfinite = 0
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        # ---- dual: same iteration, same g_i, mean over ranks so lambda is identical ------
-        record: dict[str, Any] = {"step": step + 1}
-        if constraints:
-            g = accelerator.reduce((g_sum / accum).to(device), reduction="mean")
-            g = g.cpu().to(torch.float64)
-            lam_used = dual.lam.clone()
-            dual.update(g, eps)
-            for i, name in enumerate(names):
-                record[f"lambda/{name}"] = float(lam_used[i])
-                record[f"lambda_next/{name}"] = float(dual.lam[i])
-                record[f"g/{name}"] = float(g[i])
-                record[f"eps/{name}"] = float(eps[i])
-                record[f"violation/{name}"] = float(g[i] - eps[i])
-            for i in dual.stalled():
-                if names[i] not in warned:
-                    warned.add(names[i])
-                    log.warning("constraint %s is not being met at the current capacity: its "
-                                "lambda is pinned at lambda_max or keeps rising (lambda=%.3f)",
-                                names[i], float(dual.lam[i]))
-        if device.type == "cuda":  # kernels run asynchronously: time the step, not its launch
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        record.update(sums)
-        record.update({"lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-                       "step_time_s": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0})
-        step += 1
-        if step % int(cfg.logging.every) == 0 or step == steps:
-            logger.log(record)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if main and (step == steps or (cfg.eval.every and step % int(cfg.eval.every) == 0)):
-            logger.log({"step": step, **evaluate(
-                model, tokenizer, eval_constraints, heldout_features=heldout_set,
-                objective=objective, ref_model=ref_model, dtype=dtype, device=device,
-                progress=main, **eval_kwargs(cfg.eval))})
-        every = int(tcfg.checkpoint_every)
-        if main and ((every and step % every == 0) or step == steps):
-            ckpt.save(run_dir, step, model, optimizer, scheduler, dual, rollouts, batches,
-                      keep_last=int(tcfg.keep_last),
-                      elapsed_s=time.perf_counter() - t_start)
-    bar.close()
-    logger.close()
-    accelerator.wait_for_everyone()
-    return {"steps": step, "wall_time_s": time.perf_counter() - t_start,
-            "lambda": dual.as_dict(), "dtype": str(dtype).replace("torch.", ""),
-            "world_size": accelerator.num_processes,
-            "final_loss": record.get("loss") if step > start_step else None}
+            # held-out evaluation and checkpoint, on the main process
+            if s.main and out.finite and _due(cfg.eval.every, state.step, steps):
+                s.logger.log(_held_out(s, state.step))
+            if s.main and _due(cfg.train.checkpoint_every if out.finite else 0, state.step, steps):
+                state.elapsed_s = time.perf_counter() - t_start
+                ckpt.save(s.run_dir, state, keep_last=int(cfg.train.keep_last))
+    finally:
+        bar.close()
+        s.logger.close()
+    s.accelerator.wait_for_everyone()
+    return {"steps": state.step, "wall_time_s": time.perf_counter() - t_start,
+            "lambda": state.dual.as_dict(), "dtype": str(s.policy.dtype).replace("torch.", ""),
+            "world_size": s.accelerator.num_processes,
+            "final_loss": last.get("loss") if state.step > start else None}

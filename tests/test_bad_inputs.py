@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+import pdalign.build
 import pdalign.checkpoint
-import pdalign.trainer
 from pdalign.trainer import train
 from tests.conftest import FIXTURES, compose, pdalign_train, tiny_overrides
 
@@ -175,7 +175,7 @@ def no_model(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the model loaded before the bad input was caught")
 
-    monkeypatch.setattr(pdalign.trainer, "load_model", forbidden)
+    monkeypatch.setattr(pdalign.build, "load_model", forbidden)
 
 
 def _overrides(tmp_path, data, extra):

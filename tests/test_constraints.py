@@ -184,7 +184,7 @@ def test_kl_budget_is_a_token_weighted_mean():
     kl = torch.tensor([1.0, 3.0], requires_grad=True)
     out = SequenceLogps(logps=torch.zeros(2), n_tokens=torch.tensor([1.0, 7.0]), kl=kl)
     budget = KLBudget(epsilon=0.1)
-    assert budget.needs_kl and budget.kind == "batch"
+    assert budget.needs_kl and budget.reads_pairs and budget.sampled_prompts() is None
     est = budget.estimate(out)
     assert float(est.value) == 0.5 and float(est.surrogate.detach()) == 0.5
     est.surrogate.backward()
@@ -324,7 +324,8 @@ def test_user_rollout_constraint_end_to_end_through_instantiate(tmp_path):
                                for i in range(12)))
     con = instantiate({"_target_": f"{__name__}.ForbiddenWords", "name": "forbidden",
                        "epsilon": 0.1, "prompts": str(prompts), "words": ["e"]})
-    assert type(con).__name__ == "ForbiddenWords" and con.kind == "rollout"
+    assert type(con).__name__ == "ForbiddenWords" and con.sampled_prompts() == prompts.resolve()
+    assert not con.reads_pairs and not con.needs_kl
     model, tok = load_model("tiny")
     model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
     manager = RolloutManager({"forbidden": con}, tok, every=2, prompts_per_rollout=8,
@@ -343,7 +344,7 @@ def test_user_batch_constraint_through_instantiate():
     con = instantiate({"_target_": f"{__name__}.MeanNLL", "name": "nll", "epsilon": 2.0})
     logps = torch.tensor([-4.0, -2.0], requires_grad=True)
     est = con.estimate(SequenceLogps(logps=logps, n_tokens=torch.tensor([2.0, 2.0])))
-    assert float(est.value) == 1.5 and con.kind == "batch" and not con.needs_kl
+    assert float(est.value) == 1.5 and con.reads_pairs and not con.needs_kl
     est.surrogate.backward()
     assert logps.grad.tolist() == [-0.25, -0.25]
 

@@ -178,7 +178,7 @@ def test_frozen_copy_reference_for_a_model_without_adapter():
 @pytest.mark.parametrize("every", [1, 2])
 def test_activation_checkpointing_gives_the_same_logps_and_gradients(every):
     """Recomputing decoder activations in backward changes memory, not math."""
-    from pdalign.trainer import enable_activation_checkpointing
+    from pdalign.models import enable_activation_checkpointing
 
     ids, mask, labels = _batch()
     results = []
@@ -322,7 +322,7 @@ def test_shared_prompt_refuses_rows_that_do_not_share_a_prompt():
 def test_shared_prompt_under_activation_checkpointing_falls_back_to_full_rows():
     """transformers drops the KV cache in checkpointed layers while training, so the rows run
     whole there: same numbers, and no continuation that silently lost its prompt."""
-    from pdalign.trainer import enable_activation_checkpointing
+    from pdalign.models import enable_activation_checkpointing
 
     model = build_tiny(V, seed=0)
     enable_activation_checkpointing(model, 1)

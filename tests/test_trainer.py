@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+import pdalign.build
 import pdalign.logprobs
-import pdalign.trainer
 from pdalign.logging import read_metrics, split_records
 from pdalign.trainer import train
 from tests.conftest import BF16, FP32, auto_dtype, compose, rel_tol, tiny_overrides
@@ -205,7 +205,7 @@ def test_qlora_trains_through_train_on_cpu(tmp_path):
     import bitsandbytes as bnb
 
     seen = {}
-    real = pdalign.trainer.apply_peft
+    real = pdalign.build.apply_peft
 
     def spy(model, *args, **kwargs):
         out = real(model, *args, **kwargs)
@@ -213,7 +213,7 @@ def test_qlora_trains_through_train_on_cpu(tmp_path):
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pdalign.trainer, "apply_peft", spy)
+        mp.setattr(pdalign.build, "apply_peft", spy)
         summary, rows = _run(tmp_path, "peft=qlora", "method=dpo", "train.steps=8")
     assert seen["4bit"] >= 8  # q,k,v,o of both layers at least
     assert summary["steps"] == 8 and summary["dtype"] == str(auto_dtype()).replace("torch.", "")
