@@ -7,6 +7,12 @@
 
 Refusal is judged by a detector, any callable ``str -> bool`` given as a ``_target_`` node;
 the default `PhraseRefusalDetector` matches refusal phrases near the start of the response.
+
+Two estimators of the same bound (README, "Which estimator"): `Refusal` samples the policy and
+uses the score-function surrogate, which needs costs that vary across samples; `RefusalPairs`
+moves the policy with a constraint pair set (a refusal preferred to a compliance on harmful
+prompts, or a helpful answer to a refusal on benign look-alikes), dense from a zero base rate,
+and is judged on samples exactly as `Refusal` is.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from pdalign.constraint import RolloutConstraint
+from pdalign.constraint import PairConstraint, RolloutConstraint
 
 # Case-insensitive, searched in the first `window` characters of the normalized response.
 # The apostrophe is optional in contractions ("cant"); curly quotes are normalized first.
@@ -72,6 +78,24 @@ class PhraseRefusalDetector:
         return any(p.search(text) for p in self.patterns)
 
 
+_COST_OF_A_REFUSAL = {"refuse": 0.0, "comply": 1.0}
+
+
+def check_target(target: str, key: str) -> str:
+    if target not in _COST_OF_A_REFUSAL:
+        raise ValueError(f"{key}={target!r} is not one of refuse (adversarial prompts) | "
+                         f"comply (benign prompts)")
+    return target
+
+
+def refusal_costs(detector: Callable[[str], bool], target: str,
+                  responses: Sequence[str]) -> torch.Tensor:
+    """Per-response cost  # (N,): 1 - refused under ``refuse``, refused under ``comply``."""
+    refused = torch.tensor([bool(detector(r)) for r in responses])  # (N,)
+    refusal_cost = _COST_OF_A_REFUSAL[target]
+    return torch.where(refused, refusal_cost, 1.0 - refusal_cost).float()  # (N,)
+
+
 class Refusal(RolloutConstraint):
     """Refusal rate on a prompt set, bounded from the side ``target`` names.
 
@@ -91,21 +115,47 @@ class Refusal(RolloutConstraint):
     epsilon_unit = "a rate"
     cost_binary = True
     cost_range = (0.0, 1.0)
-    _COST_OF_A_REFUSAL = {"refuse": 0.0, "comply": 1.0}
 
     def __init__(self, name: str = "refusal", epsilon: float = 0.2,
                  prompts: str = "adversarial", target: str = "refuse",
                  detector: Callable[[str], bool] | None = None,
                  lambda_max: float | None = None, baseline_momentum: float = 0.9):
         super().__init__(name, epsilon, prompts, lambda_max, baseline_momentum)
-        if target not in self._COST_OF_A_REFUSAL:
-            raise ValueError(f"{self.config_key('target')}={target!r} is not one of "
-                             f"refuse (adversarial prompts) | comply (benign prompts)")
-        self.target = target
+        self.target = check_target(target, self.config_key("target"))
         self.detector = detector if detector is not None else PhraseRefusalDetector()
 
     def cost(self, prompts: list[str], responses: list[str],
              response_lengths: torch.Tensor) -> torch.Tensor:
-        refused = torch.tensor([bool(self.detector(r)) for r in responses])  # (N,)
-        refusal_cost = self._COST_OF_A_REFUSAL[self.target]
-        return torch.where(refused, refusal_cost, 1.0 - refusal_cost).float()  # (N,)
+        return refusal_costs(self.detector, self.target, responses)
+
+
+class RefusalPairs(PairConstraint):
+    """The refusal bound moved by a constraint pair set, judged on samples like `Refusal`.
+
+    Training: g = the sigmoid-relaxed rate at which the policy's implicit reward prefers the
+    pair's ``rejected`` answer (`PairConstraint`): a compliance over a refusal on harmful
+    prompts (``target: refuse``), a refusal over a helpful answer on benign look-alikes
+    (``target: comply``). Held out: samples on ``prompts``' held-out sets, cost as in `Refusal`.
+
+    Args:
+        name, epsilon, pairs, prompts, beta, batch_size, max_length, lambda_max: see
+            `PairConstraint`. Defaults: the bundled ``refusal_pairs`` on ``adversarial``.
+        target, detector: see `Refusal`.
+    """
+
+    cost_binary = True
+    cost_range = (0.0, 1.0)
+
+    def __init__(self, name: str = "refusal_pairs", epsilon: float = 0.2,
+                 pairs: str = "refusal_pairs", prompts: str = "adversarial",
+                 target: str = "refuse", detector: Callable[[str], bool] | None = None,
+                 beta: float = 0.1, batch_size: int = 4, max_length: int = 256,
+                 lambda_max: float | None = None):
+        super().__init__(name, epsilon, pairs, prompts, beta=beta, batch_size=batch_size,
+                         max_length=max_length, lambda_max=lambda_max)
+        self.target = check_target(target, self.config_key("target"))
+        self.detector = detector if detector is not None else PhraseRefusalDetector()
+
+    def cost(self, prompts: list[str], responses: list[str],
+             response_lengths: torch.Tensor) -> torch.Tensor:
+        return refusal_costs(self.detector, self.target, responses)

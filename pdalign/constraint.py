@@ -57,10 +57,13 @@ class StepView:
             [chosen ; rejected] (2B,), with ``kl`` when some constraint ``needs_kl``.
         rollout: {name: estimate} of every sampled constraint, from this step's forward over
             the rollout rows (`pdalign.rollout.RolloutManager.estimates`); empty without any.
+        rows: {name: `SequenceLogps`} of the rows a constraint asked the step to score
+            (`Constraint.rows`), under the current policy, differentiable.
     """
 
     batch: Any
     rollout: Mapping[str, ConstraintEstimate] = field(default_factory=dict)
+    rows: Mapping[str, Any] = field(default_factory=dict)
 
 
 # ---- prompt sets ------------------------------------------------------------------------------
@@ -174,8 +177,23 @@ class Constraint:
     reads_pairs: ClassVar[bool] = False  # judged on held-out preference pairs (`estimate(out)`)
 
     def sampled_prompts(self) -> Path | None:
-        """The prompt set whose policy samples this constraint scores, in training and (with
-        its held-out siblings) in evaluation; None for a constraint that needs no samples."""
+        """The prompt set whose policy samples this constraint scores in training (the rollout
+        manager draws them); None for a constraint that needs no samples to train."""
+        return None
+
+    def judged_prompts(self) -> Path | None:
+        """The prompt set whose held-out siblings judge this constraint on samples (its ``cost``
+        on policy samples, `pdalign.evaluate`); None when it is judged on pairs only."""
+        return self.sampled_prompts()
+
+    def bind(self, policy, seed: int = 0) -> None:
+        """Called once the policy exists, before training (``policy``: `pdalign.build.Policy`).
+        Default: nothing. A pair constraint tokenizes its pairs and scores the reference here."""
+
+    def rows(self, device) -> dict[str, Tensor] | None:
+        """Rows {input_ids, attention_mask, labels} (M, T) this constraint needs scored by the
+        policy in this micro-batch's forward, or None (default). Their log-probs come back in
+        ``StepView.rows[name]``; rows are [chosen ; rejected] pairs sharing their prompts."""
         return None
 
     def step_estimate(self, view: StepView) -> ConstraintEstimate:
@@ -296,6 +314,152 @@ class RolloutConstraint(Constraint):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.baseline = state["baseline"]
+
+
+class PairConstraint(Constraint):
+    """A constraint moved by a constraint pair set and judged on policy samples.
+
+    Each pair holds a prompt, the answer the constraint wants (``chosen``: a refusal on a
+    harmful request, a helpful answer on a benign look-alike) and the one it bounds
+    (``rejected``). With the DPO implicit reward r(x, y) = log pi(y|x) - log pi_ref(y|x)
+    (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290), g is the rate at which the policy
+    prefers the bounded answer, relaxed by a sigmoid:
+
+        g = mean_i sigmoid(beta * (r(x_i, rejected_i) - r(x_i, chosen_i)))
+
+    exact on the batch, dense and differentiable: 0.5 at the reference, falling to 0 as the
+    policy's margin for the wanted answer grows. So it moves a policy that never samples the
+    wanted behaviour, where a rollout estimate has no spread (the SafeDPO / SACPO / C-DPO idea,
+    here as one term of the Lagrangian with its own multiplier). How the policy is judged stays
+    separate: held-out prompts (`judged_prompts`), sampled, scored by `cost`.
+
+    Args:
+        name, epsilon, lambda_max: see `Constraint`; epsilon is a rate in [0, 1].
+        pairs: the pair set: a bundled name (``constraints/pairs/<name>.jsonl``) or a
+            JSONL/JSON/Parquet file with ``prompt``, ``chosen`` and ``rejected`` (strings or
+            message lists, validated as preference data before any model loads).
+        prompts: the bundled prompt set (or file) whose held-out siblings judge it.
+        beta: the implicit reward's scale; larger ties g to small margins. Default 0.1.
+        batch_size: pairs per micro-batch. Default 4.
+        max_length: token budget per pair (prompt + answer). Default 256.
+    """
+
+    epsilon_range = (0.0, 1.0)
+    epsilon_unit = "a rate"
+
+    def __init__(self, name: str, epsilon: float, pairs: str, prompts: str,
+                 beta: float = 0.1, batch_size: int = 4, max_length: int = 256,
+                 lambda_max: float | None = None):
+        super().__init__(name, epsilon, lambda_max)
+        from pdalign.data import load_preference_rows
+
+        self.pairs_path = resolve_pairs(pairs, self.config_key("pairs"))
+        self.pair_rows, _ = load_preference_rows(str(self.pairs_path),
+                                                 config_key=self.config_key("pairs"))
+        self.prompt_path = resolve_prompts(prompts, self.config_key("prompts")).resolve()
+        load_prompts(prompts, self.config_key("prompts"))  # checked now, read when judged
+        if not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"{self.config_key('beta')}={beta!r} is out of range: it must be "
+                             f"a finite number > 0 (the implicit reward's scale)")
+        for key, value, low in (("batch_size", batch_size, 1), ("max_length", max_length, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{self.config_key(key)}={value!r} is out of range: it must be "
+                                 f"an integer >= {low}")
+        if batch_size > len(self.pair_rows):
+            raise ValueError(f"{self.config_key('batch_size')}={batch_size} exceeds the "
+                             f"{len(self.pair_rows)} pairs of {self.pairs_path}")
+        self.beta, self.batch_size, self.max_length = float(beta), int(batch_size), int(max_length)
+        self.features: list[dict] | None = None  # tokenized pairs, set by `bind`
+        self.ref_logps: Tensor | None = None  # (P, 2): reference log-probs (chosen, rejected)
+        self.pad_id = 0
+        self.rng = None
+        self.order: list[int] = []  # this epoch's pair order; the next batch starts at `pos`
+        self.pos = 0
+        self._batch: list[int] = []  # the pairs of the rows handed out last
+
+    def judged_prompts(self) -> Path:
+        return self.prompt_path
+
+    @torch.no_grad()
+    def bind(self, policy, seed: int = 0) -> None:
+        """Tokenize the pairs with the policy's chat template and score them once under the
+        reference (it never changes during training), in the policy's dtype."""
+        import numpy as np
+
+        from pdalign.data import collate, tokenize_rows
+        from pdalign.logprobs import sequence_logps
+        from pdalign.models import autocast
+        from pdalign.rollout import eval_mode
+
+        self.features, _ = tokenize_rows(policy.tokenizer, self.pair_rows,
+                                         max_length=self.max_length,
+                                         max_prompt_length=self.max_length // 2)
+        self.pad_id = policy.tokenizer.pad_token_id
+        ref = []
+        with policy.reference() as model, eval_mode(model), autocast(policy.dtype,
+                                                                      policy.device.type):
+            for start in range(0, len(self.features), 8):
+                part = self.features[start:start + 8]
+                batch = collate(part, self.pad_id)
+                out = sequence_logps(model, *(batch[k].to(policy.device) for k in
+                                              ("input_ids", "attention_mask", "labels")))
+                k = len(part)
+                ref.append(torch.stack([out.logps[:k], out.logps[k:]], dim=1).float().cpu())
+        self.ref_logps = torch.cat(ref)  # (P, 2)
+        self.rng = np.random.default_rng(seed)
+
+    def rows(self, device) -> dict[str, Tensor]:
+        """The next ``batch_size`` pairs of a seeded, reshuffled-every-epoch order, as rows
+        [chosen ; rejected] (2k, T)."""
+        from pdalign.data import collate
+
+        if self.features is None:
+            raise RuntimeError(f"constraints.{self.name}: call bind(policy) before training")
+        if self.pos + self.batch_size > len(self.order):
+            self.order, self.pos = [int(i) for i in self.rng.permutation(len(self.features))], 0
+        self._batch = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        batch = collate([self.features[i] for i in self._batch], self.pad_id)
+        return {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+
+    def step_estimate(self, view: StepView) -> ConstraintEstimate:
+        out = view.rows[self.name]
+        k = len(self._batch)
+        ref = self.ref_logps[self._batch].to(out.logps.device)  # (k, 2)
+        r_chosen = out.logps[:k].float() - ref[:, 0]  # (k,)
+        r_rejected = out.logps[k:2 * k].float() - ref[:, 1]  # (k,)
+        g = torch.sigmoid(self.beta * (r_rejected - r_chosen)).mean()  # ()
+        margin = float((r_chosen - r_rejected).detach().mean())
+        return ConstraintEstimate(value=g.detach(), surrogate=g, stats={"margin": margin})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": None if self.rng is None else self.rng.bit_generator.state,
+                "order": list(self.order), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("rng") is not None and self.rng is not None:
+            self.rng.bit_generator.state = state["rng"]
+        self.order, self.pos = list(state.get("order", [])), int(state.get("pos", 0))
+
+
+def bundled_pairs_dir() -> Path:
+    """The constraint pair sets shipped in the wheel (``constraints/pairs`` in the source)."""
+    return Path(str(resources.files("pdalign.constraints").joinpath("pairs")))
+
+
+def resolve_pairs(source: str | Path, field_name: str = "pairs") -> Path:
+    """Path of a pair set: an existing file, else a bundled set name (``refusal_pairs``)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.resolve()
+    bundled = bundled_pairs_dir() / (path.name if path.suffix else f"{path.name}.jsonl")
+    if len(path.parts) == 1 and bundled.is_file():
+        return bundled
+    shipped = sorted(p.stem for p in bundled_pairs_dir().glob("*.jsonl"))
+    raise FileNotFoundError(
+        f"{field_name}={str(source)!r}: no such file (tried {path.resolve()} and {bundled}). "
+        f"Give a JSONL/JSON/Parquet file with prompt, chosen (the wanted answer) and rejected "
+        f"(the bounded one), or a bundled set: {', '.join(shipped)}.")
 
 
 # ---- the estimator ----------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def heldout_prompt_sets(constraint, override: Mapping[str, Any] | None = None
     left, the training prompts stand in as ``id``, marked not held out (``heldout`` = 0 in the
     metrics, "train prompts" in the certificate), so every run reports ``eval/<c>/id/*``.
     """
-    train = Path(constraint.sampled_prompts()).resolve()
+    train = Path(constraint.judged_prompts()).resolve()
     bundled = bundled_prompts_dir().resolve()
     found: dict[str, Path] = {}
     if train.parent == bundled:
@@ -239,7 +239,7 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
         if name not in names:
             log.warning("eval.sets.%s: no such constraint in this run (%s); ignored", name,
                         ", ".join(sorted(names)) or "none")
-    rollout_cs = [c for c in constraints if c.sampled_prompts() is not None]
+    rollout_cs = [c for c in constraints if c.judged_prompts() is not None]
     batch_cs = [c for c in constraints if c.reads_pairs]
     # every prompt file is resolved and read before anything is generated
     plan: dict[Path, list[tuple[Constraint, str, bool]]] = {}

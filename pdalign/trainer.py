@@ -176,6 +176,8 @@ class TrainState:
         dual: the multipliers (`pdalign.dual.DualState`).
         rollouts: the rollout manager (samples, baselines, its RNG), or None.
         batches: the seeded preference batch stream (`BatchStream`).
+        constraints: the trained constraints; each one's ``state_dict`` (a rollout baseline, a
+            pair set's batch order) is saved with the rest.
         step: optimizer steps done.
         elapsed_s: the run's training seconds up to the last checkpoint, so a resumed run's
             clock covers every leg.
@@ -187,6 +189,7 @@ class TrainState:
     dual: Any
     rollouts: Any
     batches: BatchStream
+    constraints: list = field(default_factory=list)  # the trained constraints (their state)
     step: int = 0
     elapsed_s: float = 0.0
 
@@ -194,7 +197,8 @@ class TrainState:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "dual": self.dual.state_dict(),
                 "rollouts": self.rollouts.state_dict() if self.rollouts is not None else None,
-                "data": self.batches.state_dict(), "elapsed_s": float(self.elapsed_s)}
+                "data": self.batches.state_dict(), "elapsed_s": float(self.elapsed_s),
+                "constraints": {c.name: c.state_dict() for c in self.constraints}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -203,6 +207,9 @@ class TrainState:
         if self.rollouts is not None and state["rollouts"] is not None:
             self.rollouts.load_state_dict(state["rollouts"])
         self.batches.load_state_dict(state["data"])
+        for c in self.constraints:  # older checkpoints hold rollout constraints' state only
+            if c.name in state.get("constraints", {}):
+                c.load_state_dict(state["constraints"][c.name])
         self.step = int(state["step"])
         self.elapsed_s = float(state.get("elapsed_s", 0.0))  # older checkpoints lack the clock
 
@@ -293,6 +300,8 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
     policy = build.build_policy(cfg, tokenizer, dtype=dtype, quant=quant, device=device,
                                 needs_reference=objective.needs_reference or needs_kl)
     model, ref_model = policy.model, policy.ref_model
+    for c in constraints:  # what a constraint prepares once the policy exists (pair sets)
+        c.bind(policy, seed=int(cfg.seed) + accelerator.process_index)
     precomputed = bool(tcfg.precompute_ref_logps and objective.needs_reference)
     if precomputed:
         model_id = {"model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -319,7 +328,8 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
     # each data-parallel rank samples its own responses; g is averaged across ranks
     rollouts = build.build_rollouts(cfg, constraints, tokenizer, rank=accelerator.process_index,
                                     every=int(tcfg.rollout_every))
-    state = TrainState(model, optimizer, scheduler, dual, rollouts, BatchStream(loader, generator))
+    state = TrainState(model, optimizer, scheduler, dual, rollouts, BatchStream(loader, generator),
+                       constraints)
     ckpt.resume(tcfg.get("resume"), run_dir, state)
     build.calibrate(cfg, eval_constraints, policy, rollouts)
 
@@ -330,7 +340,7 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
         files = [source_file(cfg.data.train), source_file(cfg.data.get("heldout"))]
         sets = cfg.eval.get("sets") or {}
         for c in eval_constraints:
-            if (prompts := c.sampled_prompts()) is not None:
+            if (prompts := c.judged_prompts()) is not None:
                 files.append(prompts)
                 files += [p for p, _ in heldout_prompt_sets(c, sets.get(c.name)).values()]
         write_manifest(run_dir, OmegaConf.to_container(cfg, resolve=True),
@@ -373,16 +383,23 @@ def lagrangian(pref_loss: torch.Tensor, estimates: list[ConstraintEstimate], lam
 
 def _micro_batch(s: Setup, state: TrainState, batch: dict):
     """(preference losses (B,), metrics, constraint estimates, tokens) of one micro-batch:
-    the policy forward over [chosen ; rejected] (+ reference, + rollout rows), the objective,
-    and each constraint's `step_estimate`."""
+    the policy forward over [chosen ; rejected] (+ reference), over the rows the constraints
+    need (rollout samples, pair-set batches), the objective, and each `step_estimate`."""
     b = batch["index"].shape[0]
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    pad = s.policy.tokenizer.pad_token_id
-    ro = state.rollouts.rows(s.policy.device) if state.rollouts is not None else None
-    if ro is not None and s.shared_forward:  # rollout rows join the pairs' forward
-        ids = _pad_cat(ids, ro["input_ids"], pad)
-        mask = _pad_cat(mask, ro["attention_mask"], 0)
-        labels = _pad_cat(labels, ro["labels"], -100)
+    pad, device = s.policy.tokenizer.pad_token_id, s.policy.device
+    # rows the constraints need scored: {key: (rows, pairs sharing a prompt or None)}
+    extra = {}
+    if state.rollouts is not None and (ro := state.rollouts.rows(device)) is not None:
+        extra["rollout"] = (ro, None)
+    for c in s.constraints:
+        if (rows := c.rows(device)) is not None:
+            extra[c.name] = (rows, rows["input_ids"].shape[0] // 2)
+    if s.shared_forward:  # DDP: one forward per backward, so the extra rows join the pairs'
+        for rows, _ in extra.values():
+            ids = _pad_cat(ids, rows["input_ids"], pad)
+            mask = _pad_cat(mask, rows["attention_mask"], 0)
+            labels = _pad_cat(labels, rows["labels"], -100)
     out = s.forward(ids, mask, labels, ref_rows=2 * b if s.ref_in_step else 0,
                     with_kl=any(c.needs_kl for c in s.constraints),
                     pairs=b if s.share_prompt else None)
@@ -396,14 +413,22 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
     tokens = int(mask.sum())
     if not s.constraints:
         return losses, metrics, [], tokens
-    rollout = {}
-    if ro is not None:
-        ro_logps = (out["logps"][2 * b:] if s.shared_forward else s.forward(
-            ro["input_ids"], ro["attention_mask"], ro["labels"])["logps"])
-        rollout = state.rollouts.estimates(ro_logps, state.step)
-        tokens += 0 if s.shared_forward else int(ro["attention_mask"].sum())
+    scored, start = {}, 2 * b
+    for key, (rows, pairs) in extra.items():
+        n = rows["input_ids"].shape[0]
+        if s.shared_forward:
+            scored[key] = SequenceLogps(logps=out["logps"][start:start + n],
+                                        n_tokens=out["n_tokens"][start:start + n])
+            start += n
+        else:  # one process: the rows' own forward at their own width
+            scored[key] = SequenceLogps(**s.forward(rows["input_ids"], rows["attention_mask"],
+                                                    rows["labels"],
+                                                    pairs=pairs if s.share_prompt else None))
+            tokens += int(rows["attention_mask"].sum())
+    rollout = (state.rollouts.estimates(scored.pop("rollout").logps, state.step)
+               if "rollout" in scored else {})
     view = StepView(batch=SequenceLogps(**{k: v[:2 * b] for k, v in out.items()}),
-                    rollout=rollout)
+                    rollout=rollout, rows=scored)
     return losses, metrics, [c.step_estimate(view) for c in s.constraints], tokens
 
 
