@@ -6,7 +6,8 @@ scorer backend chosen in the config:
 - ``detoxify``: Detoxify's BERT classifier trained on the Jigsaw Toxic Comment data
   (https://github.com/unitaryai/detoxify), the ``toxicity`` head. Its checkpoint comes from
   GitHub through torch.hub on first use and is cached under ``$TORCH_HOME/hub/checkpoints``;
-  the BERT config and tokenizer come from the Hugging Face hub.
+  the BERT config and tokenizer come from the Hugging Face hub. ``DetoxifyScorer(checkpoint=...)``
+  reads a checkpoint file from disk instead.
 - ``profanity_check``: alt-profanity-check (https://pypi.org/project/alt-profanity-check/),
   a linear SVM on word n-grams whose model ships in the wheel: offline and fast, but it detects
   profanity, not toxicity in general (a polite slur scores low, a friendly swear word high).
@@ -80,21 +81,49 @@ class DetoxifyScorer:
 
     Args:
         model_type: Detoxify model: original (BERT, Jigsaw 2018; default) | unbiased |
-            multilingual | original-small | unbiased-small.
+            multilingual | original-small | unbiased-small. Unused when ``checkpoint`` is given
+            (the file names its own architecture).
         device: where the classifier runs (cpu | cuda).
         batch_size: texts per classifier forward.
-        huggingface_config_path: a local dir with the BERT config and tokenizer, for machines
-            without Hugging Face hub access (passed to Detoxify).
+        huggingface_config_path: a local dir with the BERT config and tokenizer (passed to
+            Detoxify). Its config.json must set num_labels to the checkpoint's class count:
+            Detoxify then takes the config from there and ignores its own num_labels. It does not
+            make Detoxify offline by itself: Detoxify still reads the config of the checkpoint's
+            ``arch.args.model_type`` (``bert-base-uncased`` for original) from the hub or its cache.
+        checkpoint: a local Detoxify checkpoint file, used instead of the torch.hub download and
+            cache; default None (the cached or downloaded ``model_type``). Detoxify's format: a
+            ``torch.save``d dict {"config": {"arch": {"args": {model_type, model_name,
+            tokenizer_name, num_classes}}, "dataset": {"args": {"classes": [...]}}},
+            "state_dict": ...}, with ``toxic`` (renamed ``toxicity``) among the classes. It is
+            unpickled (``weights_only=False``): load only files you trust.
         config_key: the config key named in errors.
     Raises RuntimeError, naming the offline backend, when the checkpoint is neither cached nor
-    downloadable.
+    downloadable, or when a local ``checkpoint`` does not load; FileNotFoundError when a local
+    ``checkpoint`` is not a file.
     """
 
     def __init__(self, model_type: str = "original", device: str = "cpu", batch_size: int = 32,
-                 huggingface_config_path: str | None = None,
+                 huggingface_config_path: str | None = None, checkpoint: str | None = None,
                  config_key: str = "constraints.toxicity.scorer"):
         from detoxify import Detoxify
 
+        self.batch_size = int(batch_size)
+        if checkpoint is not None:  # a file on disk: no torch.hub cache to check, no download
+            if not Path(checkpoint).is_file():
+                raise FileNotFoundError(f"{config_key}.checkpoint={checkpoint} is not a file; give "
+                                        f"the path of a Detoxify checkpoint, or null for the "
+                                        f"torch.hub copy of model_type={model_type!r}")
+            try:
+                self._model = Detoxify(model_type, checkpoint=str(checkpoint), device=device,
+                                       huggingface_config_path=huggingface_config_path)
+            except Exception as err:  # not Detoxify's format, config/tokenizer missing: one message
+                raise RuntimeError(
+                    f"{config_key}.checkpoint={checkpoint} did not load in Detoxify with "
+                    f"huggingface_config_path={huggingface_config_path}: {type(err).__name__}: "
+                    f"{err}. The file must be a Detoxify checkpoint (config + state_dict) and the "
+                    f"dir must hold its BERT config (num_labels = its class count) and "
+                    f"tokenizer.") from err
+            return
         checkpoint = detoxify_checkpoint_path(model_type)
         cached = checkpoint.is_file()
         hint = (f"Offline, use the bundled backend: {config_key}=profanity_check (or fetch the "
@@ -114,7 +143,6 @@ class DetoxifyScorer:
                     f"no cached checkpoint at {checkpoint} and the download failed")
             raise RuntimeError(f"{config_key}=detoxify could not load Detoxify({model_type!r}): "
                                f"{what}: {type(err).__name__}: {err}. {hint}") from err
-        self.batch_size = int(batch_size)
 
     def __call__(self, texts: list[str]) -> list[float]:
         scores: list[float] = []
