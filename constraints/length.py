@@ -49,6 +49,37 @@ class Length(RolloutConstraint):
         """A response has at most ``max_new_tokens`` tokens (generation stops there)."""
         return (0.0, float(max_new_tokens))
 
+    def check_budget(self, max_new_tokens: int, key: str) -> None:
+        """Raise ValueError when epsilon is not below the generation budget ``key``.
+
+        Every response is capped at ``max_new_tokens`` tokens, so with epsilon >= the budget the
+        mean length can never exceed the bound: it never binds, and once the policy fills the
+        budget every sample costs the same, which the score-function surrogate cannot use.
+        A no-op while epsilon is unknown or a placeholder (relative mode before `calibrate`;
+        call it again once calibrated).
+
+        Args:
+            max_new_tokens: the generation budget, tokens per response (EOS included).
+            key: its config key, named in the error (``train.rollout.max_new_tokens``,
+                ``eval.max_new_tokens``).
+        """
+        if self.epsilon is None or self.needs_calibration or self.epsilon < max_new_tokens:
+            return
+        eps = f"{self.config_key('epsilon')}={self.epsilon:g}"
+        fix = (f"Raise {key} (e.g. to {math.ceil(2 * self.epsilon)} = 2 x epsilon) or lower "
+               f"{self.config_key('epsilon')}")
+        if self.relative_to_reference:
+            # epsilon = ratio x a reference length measured under this budget: raising the
+            # budget only helps once the reference's responses end before it
+            eps += (f" (relative_to_reference: {self.ratio:g} x the reference's mean length "
+                    f"{self.reference_length:.1f} tokens)")
+            fix = (f"Lower {self.config_key('ratio')} below "
+                   f"{max_new_tokens / self.reference_length:.3g}, or raise {key} until the "
+                   f"reference's responses end before it")
+        raise ValueError(f"{eps} is not below {key}={max_new_tokens}: every response is capped "
+                         f"at {max_new_tokens} tokens, so the bound can never bind and, once the "
+                         f"policy fills the budget, its samples never vary. {fix}")
+
     @property
     def needs_calibration(self) -> bool:
         return self.relative_to_reference and self.reference_length is None

@@ -198,7 +198,10 @@ def overrides(spec: dict) -> list[str]:
         out += [f"constraints=[{','.join(CONSTRAINTS)}]",
                 "constraints.toxicity.scorer=profanity_check",
                 "constraints.toxicity.prompts=adversarial",
-                "constraints.length.prompts=adversarial", "train.rollout_every=4"]
+                "constraints.length.prompts=adversarial", "train.rollout_every=4",
+                # below the 8-token held-out budget `pdalign_config` sets (a bound at or above a
+                # budget is a config error); the step's cost does not depend on it
+                "constraints.length.epsilon=6"]
     return out + list(spec.get("extra", ()))
 
 

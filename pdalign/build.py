@@ -67,7 +67,17 @@ def build_constraints(cfg: DictConfig) -> list[Constraint]:
             if not message.startswith(f"constraints.{key}"):
                 message = f"constraints.{key}: {message}"
             raise ValueError(message) from err
+    check_budgets(cfg, built)
     return built
+
+
+def check_budgets(cfg: DictConfig, constraints: list[Constraint]) -> None:
+    """A constraint whose bound the generation budget caps (Length) checks its epsilon against
+    both budgets, training rollouts and held-out evaluation, before any model loads."""
+    for c in constraints:
+        if (check := getattr(c, "check_budget", None)) is not None:
+            check(int(cfg.train.rollout.max_new_tokens), "train.rollout.max_new_tokens")
+            check(int(cfg.eval.max_new_tokens), "eval.max_new_tokens")
 
 
 def build_dual(cfg: DictConfig, constraints: list[Constraint]) -> DualState:
@@ -195,9 +205,11 @@ def calibrate(cfg: DictConfig, constraints: list[Constraint], policy: Policy,
     by sampling the reference on their training prompts; {} when none needs it. ``rollouts``
     (the training manager) samples when given, so its state records what was measured."""
     if not any(c.needs_calibration for c in constraints):
+        check_budgets(cfg, constraints)  # a resumed relative bound came back from its checkpoint
         return {}
     calibrator = rollouts or build_rollouts(cfg, constraints, policy.tokenizer)
     with policy.reference() as ref:
         done = calibrator.calibrate(ref)
     log.info("calibrated from the reference: %s", done)
+    check_budgets(cfg, constraints)
     return done

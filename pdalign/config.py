@@ -101,6 +101,8 @@ RANGES: dict[str, tuple] = {
     "train.rollout.batch_size": ("integer", ">= 1", "sequences per generate() call"),
     "train.rollout.is_clip": ("number", "> 1", "importance weights are clipped to "
                                                "[1/is_clip, is_clip]"),
+    "train.rollout.no_signal_after": ("integer", ">= 0", "flat rollouts in a row before the "
+                                                          "no-signal warning; 0 = never"),
     "train.checkpoint_every": ("integer", ">= 0", "steps between checkpoints; 0 = only at the end"),
     "train.keep_last": ("integer", ">= 1", "checkpoints kept on disk"),
     "train.max_nonfinite_steps": ("integer", ">= 1", "non-finite steps in a row before stopping"),

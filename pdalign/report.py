@@ -7,19 +7,21 @@ grouped by method label (``dpo``, ``orpo``, ``primal_dual(dpo)``, ...) and aggre
 
 What the report reads, and nothing else (keys as the trainer and evaluator log them):
 
-- training records: ``step``, ``lambda/<c>``, ``lambda_next/<c>``, ``g/<c>``, ``eps/<c>``;
+- training records: ``step``, ``lambda/<c>``, ``lambda_next/<c>``, ``g/<c>``, ``eps/<c>``,
+  and for rollout constraints, where logged, ``signal/<c>/{spread,at_budget,flat_rollouts}``
+  (`pdalign.rollout.signal_key`; runs without them report as before);
 - evaluation records: ``eval/pref_accuracy`` and ``eval/<c>/<s>/{value,eps,pass,violation}``;
 - ``summary.json``: ``wall_time_s``; ``manifest.json``: ``data_hashes``;
 - ``config.yaml``: ``method.name``, ``method.objective``, ``seed``, ``dual.lambda_max``,
-  ``constraints.<c>.lambda_max``.
+  ``constraints.<c>.lambda_max``, ``train.rollout.no_signal_after``.
 
 Units: steps are optimizer steps (the ``step`` of a record, 1-based); λ is dimensionless; ĝ, ε
 and the held-out value share the constraint's own unit (a rate, nats per token, tokens); the
 violation area is in violation·steps.
 
 Public API, for the paper build: `collect_runs`, `summarize`, `paired_comparison`,
-`render_markdown`, `write_report`, and `lambda_health` / `violation_drift` for single
-trajectories.
+`render_markdown`, `write_report`, and `lambda_health` / `signal_health` / `violation_drift`
+for single trajectories.
 """
 
 from __future__ import annotations
@@ -273,9 +275,7 @@ def lambda_health(steps: np.ndarray, lam: np.ndarray, lambda_max: float | None,
     """
     if lam.size == 0:
         return "ok"
-    in_window = steps > (1.0 - window_frac) * steps[-1]
-    start = min(int(np.argmax(in_window)) if in_window.any() else lam.size, lam.size - 2)
-    window = lam[max(start, 0):]
+    window = lam[_window_start(steps, window_frac):]
     at_cap = (window >= PIN_FRAC * lambda_max) if lambda_max else np.zeros(window.size, bool)
     if at_cap.all():
         return "pinned"
@@ -284,6 +284,46 @@ def lambda_health(steps: np.ndarray, lam: np.ndarray, lambda_max: float | None,
         if ((up | (at_cap[1:] & at_cap[:-1])).all()) and up.any():
             return "rising"
     return "ok"
+
+
+def _window_start(steps: np.ndarray, window_frac: float) -> int:
+    """Index where the last ``window_frac`` of the run's steps starts (at least two points)."""
+    in_window = steps > (1.0 - window_frac) * steps[-1]
+    return max(min(int(np.argmax(in_window)) if in_window.any() else steps.size,
+                   steps.size - 2), 0)
+
+
+def signal_health(run: Run, constraint: str, window_frac: float = 0.2
+                  ) -> tuple[str, float | None] | None:
+    """("no signal" or "ok", the cost every sample had) for one rollout constraint of a run;
+    None when the run logged no ``signal/<c>/*`` records for it (older runs, other kinds).
+
+    "no signal": at the run's last logged step ``signal/<c>/flat_rollouts`` (consecutive fresh
+    rollouts whose samples all cost the same) has reached the manager's warning threshold
+    (``train.rollout.no_signal_after``, default `pdalign.rollout.NO_SIGNAL_AFTER`), or the
+    logged spread is nil at every step of the λ-health window. The score-function surrogate
+    then has zero gradient whatever λ is. The cost is ĝ at the last step, which equals every
+    sample's cost when they are all the same (None when the run is "ok").
+
+    Args:
+        run: one run.
+        constraint: its name.
+        window_frac: the λ-health window (see `lambda_health`). Default 0.2.
+    """
+    from pdalign.rollout import NO_SIGNAL_AFTER, no_spread, signal_key
+
+    steps, flat = run.series(signal_key(constraint, "flat_rollouts"))
+    if not flat.size:
+        return None
+    rollout_cfg = (run.config.get("train") or {}).get("rollout") or {}
+    threshold = int(rollout_cfg.get("no_signal_after") or NO_SIGNAL_AFTER)
+    cost = run.final(f"g/{constraint}")
+    spread_steps, spread = run.series(signal_key(constraint, "spread"))
+    window = spread[_window_start(spread_steps, window_frac):] if spread.size else spread
+    silent = bool(window.size) and all(no_spread(float(x), abs(cost or 0.0)) for x in window)
+    if flat[-1] >= threshold or silent:
+        return "no signal", cost
+    return "ok", None
 
 
 def heldout_violation(run: Run, constraint: str, prompt_set: str) -> tuple[np.ndarray, np.ndarray]:
@@ -342,7 +382,12 @@ def summarize(runs: Sequence[Run], window_frac: float = 0.2,
     wall_time_s_mean/_std``; per (c, s): ``c/s/value_mean/_std, c/s/upper_mean/_std, c/s/eps,
     c/s/pass_k, c/s/pass_n, c/s/violation_final_mean/_std, c/s/violation_max_mean/_std,
     c/s/violation_area_mean/_std``; per constrained c: ``c/lambda_final_mean/_std,
-    c/lambda_max, c/health_pinned, c/health_rising, c/health_ok, c/health`` (worst flag).
+    c/lambda_max, c/health_pinned, c/health_rising, c/health_ok, c/health`` (worst flag); per
+    constrained c whose runs logged rollout signal (`signal_health`): ``c/signal_none`` (runs
+    with no signal), ``c/signal_n`` (runs checked), ``c/signal`` ("no signal" if any, else
+    "ok"), ``c/signal_cost`` (the flagged runs' cost per sample, distinct values joined by
+    ";"), ``c/at_budget_final_mean/_std`` and ``c/at_budget_run_mean/_std`` (share of samples
+    at the generation budget: at the last step, and averaged over the run's steps).
 
     Args:
         runs: from `collect_runs`.
@@ -391,8 +436,36 @@ def summarize(runs: Sequence[Run], window_frac: float = 0.2,
                 row[f"{c}/health_{flag}"] = flags.count(flag) if has else None
             worst = next((f for f in ("pinned", "rising", "ok") if f in flags), None)
             row[f"{c}/health"] = worst
+            _put_signal(row, c, has, window_frac)
         rows.append(row)
     return rows
+
+
+def _put_signal(row: dict[str, Any], c: str, runs: Sequence[Run], window_frac: float) -> None:
+    """The signal columns of `summarize` for constraint c; none when no run logged signal."""
+    from pdalign.rollout import signal_key
+
+    checked = [(r, h) for r in runs if (h := signal_health(r, c, window_frac)) is not None]
+    if not checked:
+        return
+    flagged = [cost for _, (flag, cost) in checked if flag == "no signal"]
+    row[f"{c}/signal_none"], row[f"{c}/signal_n"] = len(flagged), len(checked)
+    row[f"{c}/signal"] = "no signal" if flagged else "ok"
+    row[f"{c}/signal_cost"] = ";".join(sorted({_fmt(v) for v in flagged})) or None
+    key = signal_key(c, "at_budget")
+    _put(row, f"{c}/at_budget_final", [r.final(key) for r, _ in checked])
+    _put(row, f"{c}/at_budget_run", [float(np.mean(v)) if (v := r.series(key)[1]).size
+                                     else None for r, _ in checked])
+
+
+def signal_notes(rows: Sequence[dict[str, Any]], constrained: Sequence[str]) -> list[str]:
+    """One note per (method, constraint) with runs of no signal (see `signal_health`)."""
+    return [f"{row['method']}, {c}: no signal in {row[f'{c}/signal_none']}/"
+            f"{row[f'{c}/signal_n']} seeds: every sample costs "
+            f"{' or '.join(row[f'{c}/signal_cost'].split(';'))} — the surrogate has zero "
+            f"gradient; use a pair set or widen the generation budget "
+            f"(train.rollout.max_new_tokens)"
+            for row in rows for c in constrained if row.get(f"{c}/signal_none")]
 
 
 def _t_interval(diffs: Sequence[float], confidence: float) -> tuple[float | None, float | None]:
@@ -499,7 +572,7 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
     return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in lines])
 
 
-def _health_cell(row: dict[str, Any], constrained: list[str]) -> str:
+def _health_cell(row: dict[str, Any], constrained: list[str], signal: bool = True) -> str:
     parts = []
     for c in constrained:
         n = sum(row.get(f"{c}/health_{f}") or 0 for f in ("pinned", "rising", "ok"))
@@ -507,8 +580,24 @@ def _health_cell(row: dict[str, Any], constrained: list[str]) -> str:
             continue
         bad = [f"{f} {row[f'{c}/health_{f}']}/{n}" for f in ("pinned", "rising")
                if row.get(f"{c}/health_{f}")]
+        if signal and row.get(f"{c}/signal_none"):
+            bad.append(_signal_cell(row, c))
         parts.append(f"{c}: {', '.join(bad) if bad else 'ok'}")
     return "; ".join(parts) or "–"
+
+
+def _signal_cell(row: dict[str, Any], c: str) -> str:
+    if not row.get(f"{c}/signal_n"):
+        return "–"
+    k = row[f"{c}/signal_none"]
+    return f"no signal {k}/{row[f'{c}/signal_n']}" if k else "ok"
+
+
+def _at_budget_cell(row: dict[str, Any], c: str) -> str:
+    final, run = row.get(f"{c}/at_budget_final_mean"), row.get(f"{c}/at_budget_run_mean")
+    if final is None:
+        return "–"
+    return f"{final:.0%} (run mean {run:.0%})" if run is not None else f"{final:.0%}"
 
 
 LEGEND = """\
@@ -534,6 +623,15 @@ loosen ε). Shown as seeds flagged / seeds; *ok* otherwise. *final λ* is λ aft
 dual step.
 - *data*: which set of data hashes (`manifest.json`) the runs used; letters in the list below \
 (`-` = no manifest).
+"""
+# Added to the legend only when some run logged rollout signal, so older reports are unchanged.
+SIGNAL_LEGEND = """\
+- *signal* (rollout constraints): *no signal* = every sample of the last rollouts cost the \
+same (the logged `signal/<c>/flat_rollouts` reached the warning threshold, or the spread was \
+nil over the λ-health window), so the score-function surrogate has zero gradient and λ_c \
+multiplies nothing; shown as seeds flagged / seeds (in the λ health column too). *at budget*: \
+share of rollout samples that used the whole generation budget (train.rollout.max_new_tokens), \
+at the last step (mean over the run in brackets), mean over seeds.
 """
 
 
@@ -585,9 +683,12 @@ def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequ
                f"{_fmt(p['ratio_median'])}×)."
                for p in paired if p["metric"] == "wall_time_s"] + [""]
 
+    signalled = [c for c in constrained if any(row.get(f"{c}/signal_n") for row in rows)]
     if constrained:
-        header = ["method"] + [h for c in constrained for h in (f"{c} final λ (λ_max)",
-                                                                 f"{c} health")]
+        header = ["method"]
+        for c in constrained:
+            header += [f"{c} final λ (λ_max)", f"{c} health"]
+            header += [f"{c} signal", f"{c} at budget"] if c in signalled else []
         lines = []
         for row in rows:
             if not any(row.get(f"{c}/health") for c in constrained):
@@ -596,7 +697,9 @@ def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequ
             for c in constrained:
                 cap = row.get(f"{c}/lambda_max")
                 cells.append(f"{_pm(row, f'{c}/lambda_final')} ({_fmt(cap)})")
-                cells.append(_health_cell(row, [c]).split(": ", 1)[-1])
+                cells.append(_health_cell(row, [c], signal=False).split(": ", 1)[-1])
+                if c in signalled:
+                    cells += [_signal_cell(row, c), _at_budget_cell(row, c)]
             lines.append(cells)
         md += ["## Dual variables", "", _table(header, lines), ""]
 
@@ -614,7 +717,8 @@ def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequ
         md.append("")
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    md += ["## Legend", "", LEGEND.format(window=window_frac)]
+    md += ["## Legend", "", LEGEND.format(window=window_frac) + (SIGNAL_LEGEND if signalled
+                                                                 else "")]
     return "\n".join(md)
 
 
@@ -833,6 +937,7 @@ def write_report(root: str | Path, out: str | Path | None = None, window_frac: f
         notes.append("no held-out constraint records (`eval/<c>/<s>/value`): "
                      "heldout_violation.png was not drawn.")
 
+    notes += signal_notes(rows, train_constraints(runs))
     paired = paired_comparison(runs)
     write_text(paths["md"], render_markdown(rows, runs, notes, window_frac, paired))
     buf = io.StringIO()

@@ -5,10 +5,13 @@ prompts) and rebuilds right-padded prompt+response rows that the log-prob forwar
 `RolloutManager` owns the rollout constraints: every ``every`` optimizer steps it samples a
 fresh subset of each prompt set (constraints naming the same prompt file share one rollout),
 scores the costs once, and in between reuses the samples with clipped importance weights.
+It also watches each constraint's signal: a rollout whose samples all cost the same gives the
+score-function surrogate zero gradient (`signal_stats`, one warning when it persists).
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +29,32 @@ from pdalign.constraint import (
 )
 
 Tensor = torch.Tensor
+log = logging.getLogger("pdalign")
+
+# The config key RolloutManager's max_new_tokens comes from (pdalign.build.build_rollouts), named
+# in its no-signal warning.
+BUDGET_KEY = "train.rollout.max_new_tokens"
+# Consecutive fresh rollouts without cost spread before the one warning. One or two flat
+# rollouts happen by chance for a rare binary cost on a few prompts ((1 - p)^8 = 0.43 for p = 0.1
+# and 8 samples); three in a row (0.08) at the default rollout_every=4 is 12 steps of a zero
+# gradient, early enough to act on in a 24-step study and rare for a cost that moves.
+NO_SIGNAL_AFTER = 3
+# Costs are float32 (rounding ~6e-8 relative): a spread below 1e-6 of the largest |cost| is a
+# batched scorer's rounding, not a difference the surrogate can follow.
+SPREAD_RTOL = 1e-6
+
+
+def signal_key(constraint: str, field: str) -> str:
+    """The metric key of one rollout-signal diagnostic, ``signal/<constraint>/<field>``, fields
+    ``spread``, ``at_budget`` and ``flat_rollouts`` (`RolloutManager.signal_stats` writes them,
+    pdalign.report reads them)."""
+    return f"signal/{constraint}/{field}"
+
+
+def no_spread(spread: float, scale: float) -> bool:
+    """True when a rollout's cost spread (max - min) is nil against the costs' scale (the
+    largest |cost|): its score-function surrogate mean(w (c - b) log pi) has no gradient."""
+    return spread <= SPREAD_RTOL * abs(scale)
 
 
 @dataclass
@@ -213,12 +242,15 @@ class RolloutManager:
         batch_size: prompts per ``generate`` call.
         is_clip: importance weights of reused samples are clipped to [1/is_clip, is_clip].
         seed: seeds prompt subsets and generation (give each data-parallel rank its own).
+        no_signal_after: warn once when a constraint's costs have had no spread (every sample
+            the same cost) for this many consecutive fresh rollouts; 0 = never. Default
+            `NO_SIGNAL_AFTER` = 3. `signal_stats` reports the count either way.
     """
 
     def __init__(self, constraints: Iterable[Constraint] | Mapping[str, Constraint], tokenizer,
                  *, every: int = 1, prompts_per_rollout: int = 8, max_new_tokens: int = 48,
                  temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16,
-                 is_clip: float = 2.0, seed: int = 0):
+                 is_clip: float = 2.0, seed: int = 0, no_signal_after: int = NO_SIGNAL_AFTER):
         if isinstance(constraints, Mapping):
             constraints = constraints.values()
         if every < 1 or prompts_per_rollout < 1:
@@ -226,6 +258,9 @@ class RolloutManager:
                              f"and {prompts_per_rollout}")
         if not is_clip > 1.0:
             raise ValueError(f"rollout is_clip must be > 1, got {is_clip}")
+        if no_signal_after < 0:
+            raise ValueError(f"rollout no_signal_after must be >= 0 (0 = never warn), got "
+                             f"{no_signal_after}")
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
@@ -234,6 +269,7 @@ class RolloutManager:
                            "temperature": float(temperature), "top_p": float(top_p),
                            "batch_size": int(batch_size)}
         self.is_clip, self.seed = float(is_clip), int(seed)
+        self.no_signal_after = int(no_signal_after)
         by_path: dict[Path, list[RolloutConstraint]] = {}
         for c in constraints:
             if (path := c.sampled_prompts()) is not None:
@@ -243,6 +279,10 @@ class RolloutManager:
         self.rollouts: dict[str, Rollout] = {}
         self.rng = np.random.default_rng(self.seed)
         self._rows: dict[str, Tensor] | None = None  # rows() cache, rebuilt after sampling
+        # per constraint: consecutive fresh rollouts without cost spread, and their costs (the
+        # last no_signal_after of them, for the warning)
+        self.flat_rollouts = {c.name: 0 for c in self.constraints}
+        self._flat_costs: dict[str, list[float]] = {c.name: [] for c in self.constraints}
 
     @property
     def constraints(self) -> list[RolloutConstraint]:
@@ -317,10 +357,67 @@ class RolloutManager:
             idx = self.rng.choice(len(prompts), size=k, replace=False)
             seed = int(self.rng.integers(2**31 - 1))
             self.rollouts[key] = self._sample(model, group, [prompts[i] for i in idx], seed, step)
+            self._watch_signal(group, self.rollouts[key])
             sampled = True
         if sampled or self._rows is None:
             self._rows = self.rows(device or next(model.parameters()).device, cached=False)
         return sampled
+
+    # ---- signal ------------------------------------------------------------------------------
+
+    def _watch_signal(self, group: list[RolloutConstraint], rollout: Rollout) -> None:
+        """Count consecutive fresh rollouts whose costs have no spread, per constraint; warn
+        once when a count reaches ``no_signal_after`` (again only after spread returns and
+        goes again)."""
+        for c in group:
+            costs = rollout.costs[c.name]  # (N,)
+            if not no_spread(float(costs.max() - costs.min()), float(costs.abs().max())):
+                self.flat_rollouts[c.name], self._flat_costs[c.name] = 0, []
+                continue
+            self.flat_rollouts[c.name] += 1
+            n = self.flat_rollouts[c.name]
+            self._flat_costs[c.name] = (self._flat_costs[c.name] + [float(costs[0])])[
+                -max(self.no_signal_after, 1):]
+            if n == self.no_signal_after:
+                values = [f"{round(v, 6)!r}" for v in self._flat_costs[c.name]]
+                cost = (f"costs {values[0]}" if len(set(values)) == 1 else
+                        f"costs the same ({', '.join(values)} in turn)")
+                log.warning(
+                    "constraint %s has no signal: every sample of the last %d rollouts %s, so "
+                    "its score-function surrogate has zero gradient; use a pair constraint or "
+                    "widen the generation budget (%s=%d; %.0f%% of the last rollout's samples "
+                    "reached it)", c.name, n, cost, BUDGET_KEY,
+                    self.gen_kwargs["max_new_tokens"], 100 * self._at_budget(rollout))
+
+    def _at_budget(self, rollout: Rollout) -> float:
+        """Share of the rollout's responses that used the whole generation budget: length
+        (EOS counted) == max_new_tokens, whether cut there or ending with an EOS on the last
+        slot; either way the Length cost sits at its cap."""
+        budget = self.gen_kwargs["max_new_tokens"]
+        return float((rollout.response_lengths >= budget).float().mean())
+
+    def signal_stats(self) -> dict[str, float]:
+        """Per rollout constraint, on the current samples (the trainer logs these each step):
+
+        - ``signal/<c>/spread``: max - min of their costs (0 = the surrogate has no gradient);
+        - ``signal/<c>/at_budget``: share of them at the generation budget (see `_at_budget`);
+        - ``signal/<c>/flat_rollouts``: consecutive fresh rollouts with no spread, this one
+          included (`no_spread`); the warning fires when it reaches ``no_signal_after``.
+
+        {} before the first `maybe_sample`. On data-parallel ranks each rank has its own.
+        """
+        out: dict[str, float] = {}
+        for key, group in self.groups.items():
+            rollout = self.rollouts.get(key)
+            if rollout is None:
+                continue
+            at_budget = self._at_budget(rollout)
+            for c in group:
+                costs = rollout.costs[c.name]  # (N,)
+                out[signal_key(c.name, "spread")] = float(costs.max() - costs.min())
+                out[signal_key(c.name, "at_budget")] = at_budget
+                out[signal_key(c.name, "flat_rollouts")] = float(self.flat_rollouts[c.name])
+        return out
 
     def rows(self, device: torch.device | str | None = None, *, cached: bool = True
              ) -> dict[str, Tensor] | None:
@@ -390,22 +487,31 @@ class RolloutManager:
     # ---- checkpointing ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """RNG, each rollout constraint's state (baseline; Length's reference length) and the
-        current samples.
+        """RNG, each rollout constraint's state (baseline; Length's reference length), the
+        current samples and the no-signal counts.
 
         The samples (a few hundred KB of token ids, costs and old log-probs) are kept so a
         resumed run reuses them exactly as the uninterrupted run would have.
         """
         return {"rng": self.rng.bit_generator.state,
                 "constraints": {c.name: c.state_dict() for c in self.constraints},
-                "rollouts": {k: r.state_dict() for k, r in self.rollouts.items()}}
+                "rollouts": {k: r.state_dict() for k, r in self.rollouts.items()},
+                "signal": {c.name: {"flat_rollouts": self.flat_rollouts[c.name],
+                                    "flat_costs": list(self._flat_costs[c.name])}
+                           for c in self.constraints}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore; constraints or prompt groups absent from ``state`` start fresh."""
+        """Restore; constraints or prompt groups absent from ``state`` start fresh (as do the
+        no-signal counts of checkpoints written before they existed)."""
         self.rng.bit_generator.state = state["rng"]
         for c in self.constraints:
             if c.name in state["constraints"]:
                 c.load_state_dict(state["constraints"][c.name])
+        signal = state.get("signal") or {}
+        for c in self.constraints:
+            saved = signal.get(c.name) or {}
+            self.flat_rollouts[c.name] = int(saved.get("flat_rollouts", 0))
+            self._flat_costs[c.name] = [float(v) for v in saved.get("flat_costs", [])]
         self.rollouts = {k: Rollout(**r) for k, r in state["rollouts"].items()
                          if k in self.groups}
         self._rows = None

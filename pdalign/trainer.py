@@ -555,7 +555,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     torch.cuda.synchronize(s.policy.device)
                 dt = time.perf_counter() - t0
                 last = {"step": state.step, **duals, **out.metrics, "step_time_s": dt,
-                        "tokens_per_s": out.tokens / dt if dt > 0 else 0.0}
+                        "tokens_per_s": out.tokens / dt if dt > 0 else 0.0,
+                        **(state.rollouts.signal_stats() if state.rollouts else {})}
                 if state.step % every == 0 or state.step == steps:
                     s.logger.log(last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")

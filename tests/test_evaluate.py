@@ -323,7 +323,8 @@ def test_cli_on_a_two_step_run(tmp_path, capsys):
     held = tmp_path / "held.jsonl"
     held.write_text("".join((FIXTURES / "pairs.jsonl").read_text().splitlines(True)[:4]))
     cfg = compose(tiny_overrides("method=dpo", "train.steps=2", f"data.heldout={held}",
-                                 "constraints=[refusal,length,kl_budget]"))
+                                 "constraints=[refusal,length,kl_budget]",
+                                 "constraints.length.epsilon=3"))
     run = tmp_path / "run"
     train(cfg, run)
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # as pdalign-train

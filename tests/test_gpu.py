@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.gpu,
 
 ALL4 = "constraints=[toxicity,refusal,kl_budget,length]"
 FAST_ROLLOUT = ["train.rollout_every=2", "train.rollout.prompts_per_rollout=4",
-                "train.rollout.max_new_tokens=6", "constraints.toxicity.scorer=profanity_check"]
+                "train.rollout.max_new_tokens=6", "constraints.toxicity.scorer=profanity_check",
+                "constraints.length.epsilon=3"]  # below both budgets (6 and eval's 4)
 
 
 def _rows(tmp_path, *overrides):

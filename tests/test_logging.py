@@ -42,6 +42,7 @@ def test_jsonl_every_step_and_offline_wandb_run_with_the_same_keys(tmp_path, mon
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login: W&B must run offline
     cfg = compose(tiny_overrides("method=primal_dual", "constraints=[kl_budget,length]",
+                                 "constraints.length.epsilon=3",
                                  "train.steps=3", "logging.wandb=true",
                                  "train.rollout.prompts_per_rollout=2",
                                  "train.rollout.max_new_tokens=4"))

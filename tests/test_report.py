@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pdalign.report import collect_runs, lambda_health, main, summarize, write_report
+from pdalign.report import (
+    collect_runs,
+    lambda_health,
+    main,
+    signal_health,
+    summarize,
+    write_report,
+)
 
 EVAL_STEPS = (4, 12, 20)
 EPS = {"refusal": 0.2, "kl_budget": 0.05}
@@ -37,8 +44,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def make_run(root: Path, name: str, *, method: str, objective: str, seed: int,
              pref: float, refusal: list[float], kl: list[float], wall: float | None,
              lam: dict | None = None, hashes: dict | None = HASH_A, merge_last_eval=False,
-             torn=False, dual_lr: float = 0.5, steps: int = 20) -> Path:
-    """Write one run dir: config.yaml (JSON is YAML), metrics.jsonl, summary/manifest."""
+             torn=False, dual_lr: float = 0.5, steps: int = 20, g: float = 0.3,
+             signal: dict | None = None) -> Path:
+    """Write one run dir: config.yaml (JSON is YAML), metrics.jsonl, summary/manifest.
+
+    ``signal``: {constraint: t -> {field: value}}, logged as ``signal/<c>/<field>`` each step.
+    """
     run = root / name
     run.mkdir(parents=True)
     config = {"seed": seed, "method": {"name": method, "objective": objective,
@@ -53,8 +64,10 @@ def make_run(root: Path, name: str, *, method: str, objective: str, seed: int,
         rec = {"step": t, "loss": 0.7, "loss/pref": 0.69, "lr": 1e-4, "grad_norm": 1.0,
                "tokens_per_s": 1000.0, "step_time_s": 0.1}
         for c, fn in (lam or {}).items():
-            rec.update({f"lambda/{c}": fn(t), f"lambda_next/{c}": fn(t + 1), f"g/{c}": 0.3,
-                        f"eps/{c}": EPS[c], f"violation/{c}": 0.3 - EPS[c]})
+            rec.update({f"lambda/{c}": fn(t), f"lambda_next/{c}": fn(t + 1), f"g/{c}": g,
+                        f"eps/{c}": EPS[c], f"violation/{c}": g - EPS[c]})
+        for c, fn in (signal or {}).items():
+            rec.update({f"signal/{c}/{k}": v for k, v in fn(t).items()})
         records.append(rec)
     for i, t in enumerate(EVAL_STEPS):
         ev = {"step": t, "eval/pref_accuracy": pref - 0.1 * (2 - i), "eval/reward_margin": 1.0}
@@ -435,3 +448,89 @@ def test_a_speed_only_key_added_later_does_not_split_a_method(tmp_path):
         (run / "config.yaml").write_text(json.dumps(config))
     labels = sorted(r.label for r in collect_runs(tmp_path))
     assert labels == ["dpo [train.lr=0.0005]", "dpo [train.lr=0.0005]", "dpo [train.lr=0.001]"]
+
+
+# ---- rollout signal (signal/<c>/*) -------------------------------------------------------
+
+
+def test_runs_without_signal_records_get_no_signal_columns(sweep):
+    """The sweep above (like every result committed before signal logging) has no
+    signal/<c>/* keys: no signal column, note or legend line, as before."""
+    _, paths, rows = sweep
+    assert not any("signal" in k or "at_budget" in k for row in rows.values() for k in row)
+    md = paths["md"].read_text()
+    assert "signal" not in md and "at budget" not in md
+
+
+def build_signal_sweep(root: Path) -> Path:
+    """refusal every sample costing 1 (ĝ = 1), 20 steps, window = steps 17..20:
+
+    - pd(dpo) s0: flat_rollouts = t // 4 reaches 5 ≥ 3 at the end → no signal; at budget 1
+      at every step → final 1, run mean 1;
+    - pd(dpo) s1: spread 0.5 throughout, flat 0 → ok; at budget 0.25 for t ≤ 10, then 0.5 →
+      final 0.5, run mean (10·0.25 + 10·0.5) / 20 = 0.375;
+    - pd(orpo) s0: spread 0.5 up to step 16, then 0 (flat_rollouts only 1 at the end, under
+      the threshold) → no signal by the window; at budget 0.
+    Over seeds of pd(dpo): at budget final 0.75 ± sqrt(2·0.25²) = 0.354, run mean 0.6875.
+    """
+    lam = {"refusal": lambda t: 10.0, "kl_budget": lambda t: 0.0}
+    common = {"refusal": [0.3] * 3, "kl": [0.04] * 3, "wall": 10.0, "lam": lam, "g": 1.0}
+    make_run(root, "pd0", method="primal_dual", objective="dpo", seed=0, pref=0.6, **common,
+             signal={"refusal": lambda t: {"spread": 0.0, "at_budget": 1.0,
+                                           "flat_rollouts": float(t // 4)}})
+    make_run(root, "pd1", method="primal_dual", objective="dpo", seed=1, pref=0.6, **common,
+             signal={"refusal": lambda t: {"spread": 0.5, "at_budget": 0.25 if t <= 10 else 0.5,
+                                           "flat_rollouts": 0.0}})
+    make_run(root, "po0", method="primal_dual", objective="orpo", seed=0, pref=0.6, **common,
+             signal={"refusal": lambda t: {"spread": 0.5 if t <= 16 else 0.0, "at_budget": 0.0,
+                                           "flat_rollouts": 1.0 if t > 16 else 0.0}})
+    return root
+
+
+def test_signal_flag_at_budget_share_and_note(tmp_path):
+    root = build_signal_sweep(tmp_path)
+    runs = {r.name: r for r in collect_runs(root)}
+    assert signal_health(runs["pd0"], "refusal") == ("no signal", 1.0)
+    assert signal_health(runs["pd1"], "refusal") == ("ok", None)
+    assert signal_health(runs["po0"], "refusal") == ("no signal", 1.0)
+    assert signal_health(runs["pd0"], "kl_budget") is None  # a batch constraint logs none
+    rows = {r["method"]: r for r in summarize(list(runs.values()))}
+    p, o = rows["primal_dual(dpo)"], rows["primal_dual(orpo)"]
+    assert (p["refusal/signal_none"], p["refusal/signal_n"], p["refusal/signal"]) == (
+        1, 2, "no signal")
+    assert (o["refusal/signal_none"], o["refusal/signal_n"]) == (1, 1)
+    assert p["refusal/signal_cost"] == "1"
+    assert p["refusal/at_budget_final_mean"] == pytest.approx(0.75)
+    assert p["refusal/at_budget_final_std"] == pytest.approx(math.sqrt(2 * 0.25 ** 2))
+    assert p["refusal/at_budget_run_mean"] == pytest.approx((1.0 + 0.375) / 2)
+    assert "kl_budget/signal_n" not in p
+
+    paths = write_report(root)
+    md = paths["md"].read_text()
+    pd = next(line for line in md.splitlines() if line.startswith("| primal_dual(dpo) |"))
+    assert "refusal: pinned 2/2, no signal 1/2" in pd  # next to λ health in the summary
+    dual = md.split("## Dual variables")[1]
+    assert "| refusal signal | refusal at budget |" in dual
+    assert "| pinned 2/2 | no signal 1/2 | 75% (run mean 69%) |" in dual
+    assert ("primal_dual(dpo), refusal: no signal in 1/2 seeds: every sample costs 1 — the "
+            "surrogate has zero gradient; use a pair set or widen the generation budget") in md
+    assert "primal_dual(orpo), refusal: no signal in 1/1 seeds" in md
+    assert "*signal* (rollout constraints)" in md
+    with open(paths["csv"], newline="") as fh:
+        table = {r["method"]: r for r in csv.DictReader(fh)}
+    assert table["primal_dual(dpo)"]["refusal/signal"] == "no signal"
+    assert float(table["primal_dual(dpo)"]["refusal/at_budget_final_mean"]) == 0.75
+
+
+def test_signal_threshold_comes_from_the_run_config(tmp_path):
+    """flat_rollouts ends at 5: no signal at the default threshold 3, ok at 6 (the spread is
+    0.5 at the end, so the window does not flag it)."""
+    run = make_run(tmp_path, "r", method="primal_dual", objective="dpo", seed=0, pref=0.6,
+                   refusal=[0.3] * 3, kl=[0.04] * 3, wall=10.0, lam={"refusal": lambda t: 1.0},
+                   signal={"refusal": lambda t: {"spread": 0.5, "at_budget": 0.0,
+                                                 "flat_rollouts": float(t // 4)}})
+    assert signal_health(collect_runs(tmp_path)[0], "refusal")[0] == "no signal"
+    config = json.loads((run / "config.yaml").read_text())
+    config["train"] = {"rollout": {"no_signal_after": 6}}
+    (run / "config.yaml").write_text(json.dumps(config))
+    assert signal_health(collect_runs(tmp_path)[0], "refusal") == ("ok", None)

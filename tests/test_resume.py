@@ -20,11 +20,12 @@ STEPS = 12
 # checkpoint first re-scores samples drawn before the kill (importance weights, old log-probs).
 # profanity_check gives each sampled response its own cost (refusal and length are constant
 # on the tiny model's gibberish), so the samples, their baseline and importance weights all
-# move the loss and g; eps 0 and a length bound under 6 tokens make every lambda rise.
+# move the loss and g; eps 0 and a length bound under both budgets (6 and eval's 4 tokens)
+# make every lambda rise.
 RUN = ["model=tiny", f"data.train={FIXTURES / 'pairs.jsonl'}", "data.heldout=null",
        "logging.wandb=false", "method=primal_dual", "constraints=[toxicity,kl_budget,length]",
        "constraints.toxicity.scorer=profanity_check", "constraints.toxicity.epsilon=0",
-       "constraints.length.epsilon=5", "constraints.kl_budget.epsilon=1e-4",
+       "constraints.length.epsilon=3", "constraints.kl_budget.epsilon=1e-4",
        "train.rollout.prompts_per_rollout=2", "train.rollout.max_new_tokens=6",
        "train.rollout_every=3", "train.checkpoint_every=4", "train.keep_last=10",
        f"train.steps={STEPS}", "train.batch_size=8", "train.warmup_steps=3",

@@ -14,7 +14,7 @@ def test_primal_dual_on_smollm2_with_lora_logs_lambda_and_evaluates(tmp_path):
                    "train.steps=4", "train.batch_size=2", "train.rollout.prompts_per_rollout=2",
                    "train.rollout.max_new_tokens=16", "eval.prompts_per_set=4",
                    "eval.max_new_tokens=16", "logging.wandb=false",
-                   "constraints.kl_budget.epsilon=0.001"])
+                   "constraints.kl_budget.epsilon=0.001", "constraints.length.epsilon=8"])
     summary = train(cfg, tmp_path / "run")
     rows, evals = split_records(read_metrics(tmp_path / "run" / "metrics.jsonl"))
     assert summary["steps"] == 4 and len(rows) == 4 and len(evals) == 1
