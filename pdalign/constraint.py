@@ -388,8 +388,7 @@ class PairConstraint(Constraint):
 
         from pdalign.data import collate, tokenize_rows
         from pdalign.logprobs import sequence_logps
-        from pdalign.models import autocast
-        from pdalign.rollout import eval_mode
+        from pdalign.models import autocast, eval_mode
 
         self.features, _ = tokenize_rows(policy.tokenizer, self.pair_rows,
                                          max_length=self.max_length,

@@ -45,8 +45,8 @@ from pdalign.certificate import SET_ORDER, set_metrics
 from pdalign.constraint import Constraint, bundled_prompts_dir, load_prompts, resolve_prompts
 from pdalign.data import collate
 from pdalign.logprobs import SequenceLogps, sequence_logps
-from pdalign.models import autocast
-from pdalign.rollout import eval_mode, generate
+from pdalign.models import autocast, eval_mode
+from pdalign.rollout import generate
 
 log = logging.getLogger("pdalign")
 Tensor = torch.Tensor

@@ -306,6 +306,19 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
+@contextmanager
+def eval_mode(*models):
+    """Switch the given models (None skipped) to eval mode, restoring each one's mode after."""
+    modes = [(m, m.training) for m in models if m is not None]
+    for m, _ in modes:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, was_training in modes:
+            m.train(was_training)
+
+
 def enable_activation_checkpointing(model, every_n_layers: int) -> None:
     """Recompute every ``every_n_layers``-th decoder layer in backward (0 = off).
 

@@ -27,6 +27,7 @@ from pdalign.constraint import (
     RolloutConstraint,
     importance_weights,
 )
+from pdalign.models import eval_mode
 
 Tensor = torch.Tensor
 log = logging.getLogger("pdalign")
@@ -86,19 +87,6 @@ def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
                                          add_generation_prompt=True, tokenize=False)
     # The template writes its own special tokens; adding BOS again would double it.
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-@contextmanager
-def eval_mode(*models):
-    """Switch the given models (None skipped) to eval mode, restoring each one's mode after."""
-    modes = [(m, m.training) for m in models if m is not None]
-    for m, _ in modes:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, was_training in modes:
-            m.train(was_training)
 
 
 @contextmanager
