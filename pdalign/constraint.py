@@ -342,6 +342,10 @@ class PairConstraint(Constraint):
         beta: the implicit reward's scale; larger ties g to small margins. Default 0.1.
         batch_size: pairs per micro-batch. Default 4.
         max_length: token budget per pair (prompt + answer). Default 256.
+        nll_weight: alpha of a likelihood term on the wanted answers (as RPO adds to DPO,
+            Pang et al. 2024, https://arxiv.org/abs/2404.19733): the surrogate becomes
+            g + alpha * (NLL - NLL.detach()), so its value stays g and lambda * alpha weighs a
+            push toward the wanted text itself. 0 (default) = the exact gradient of g.
     """
 
     epsilon_range = (0.0, 1.0)
@@ -349,7 +353,7 @@ class PairConstraint(Constraint):
 
     def __init__(self, name: str, epsilon: float, pairs: str, prompts: str,
                  beta: float = 0.1, batch_size: int = 4, max_length: int = 256,
-                 lambda_max: float | None = None):
+                 nll_weight: float = 0.0, lambda_max: float | None = None):
         super().__init__(name, epsilon, lambda_max)
         from pdalign.data import load_preference_rows
 
@@ -368,7 +372,11 @@ class PairConstraint(Constraint):
         if batch_size > len(self.pair_rows):
             raise ValueError(f"{self.config_key('batch_size')}={batch_size} exceeds the "
                              f"{len(self.pair_rows)} pairs of {self.pairs_path}")
+        if not (math.isfinite(nll_weight) and nll_weight >= 0):
+            raise ValueError(f"{self.config_key('nll_weight')}={nll_weight!r} is out of range: "
+                             f"it must be a finite number >= 0")
         self.beta, self.batch_size, self.max_length = float(beta), int(batch_size), int(max_length)
+        self.nll_weight = float(nll_weight)
         self.features: list[dict] | None = None  # tokenized pairs, set by `bind`
         self.ref_logps: Tensor | None = None  # (P, 2): reference log-probs (chosen, rejected)
         self.pad_id = 0
@@ -428,8 +436,15 @@ class PairConstraint(Constraint):
         r_chosen = out.logps[:k].float() - ref[:, 0]  # (k,)
         r_rejected = out.logps[k:2 * k].float() - ref[:, 1]  # (k,)
         g = torch.sigmoid(self.beta * (r_rejected - r_chosen)).mean()  # ()
-        margin = float((r_chosen - r_rejected).detach().mean())
-        return ConstraintEstimate(value=g.detach(), surrogate=g, stats={"margin": margin})
+        stats = {"reward_wanted": float(r_chosen.detach().mean()),
+                 "reward_bounded": float(r_rejected.detach().mean())}
+        surrogate = g
+        if self.nll_weight:
+            # per-token NLL of the wanted answers: value 0 in the surrogate, gradient added
+            nll = (-out.logps[:k].float() / out.n_tokens[:k].clamp(min=1)).mean()  # ()
+            surrogate = g + self.nll_weight * (nll - nll.detach())
+            stats["nll_wanted"] = float(nll.detach())
+        return ConstraintEstimate(value=g.detach(), surrogate=surrogate, stats=stats)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": None if self.rng is None else self.rng.bit_generator.state,

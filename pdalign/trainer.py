@@ -452,6 +452,8 @@ def primal_step(s: Setup, state: TrainState) -> StepResult:
             loss = lagrangian(losses.mean(), estimates, state.dual.lam, s.eps)
             for i, est in enumerate(estimates):
                 g_sum[i] += float(est.value)
+                metrics.update({f"stat/{s.constraints[i].name}/{k}": v
+                                for k, v in est.stats.items()})
             finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(g_sum).all())
             if s.accelerator.num_processes > 1:
                 # Skip on every rank or none: a rank that skipped backward would leave

@@ -46,7 +46,8 @@ def test_g_is_the_sigmoid_relaxed_rate_of_preferring_the_bounded_answer(tmp_path
     expected = torch.cat([-0.5 * s * (1 - s) / 2, 0.5 * s * (1 - s) / 2])
     torch.testing.assert_close(logps.grad, expected)
     assert logps.grad[:2].tolist() == pytest.approx([-0.049153, -0.026249], abs=1e-6)
-    assert est.stats["margin"] == pytest.approx(-1.0)  # mean of (2, -4)
+    # the two implicit rewards, logged apart: chosen (+1, -2), rejected (-1, +2)
+    assert est.stats == pytest.approx({"reward_wanted": -0.5, "reward_bounded": 0.5})
 
 
 def test_bind_scores_the_reference_once_and_g_starts_at_one_half(tmp_path):
@@ -167,3 +168,24 @@ def test_bundled_pair_sets_are_what_the_generator_writes(tmp_path):
         assert not held & {r["prompt"] for r in rows}
         other = "rejected" if refusal_side == "chosen" else "chosen"
         assert all(detector(r[refusal_side]) and not detector(r[other]) for r in rows)
+
+
+def test_nll_weight_adds_a_likelihood_push_without_changing_g(tmp_path):
+    """nll_weight = 2: the surrogate's value is still g; its gradient gains
+    2 * d/d logp_c of mean(-logp_c / n_c) = -2 / (n_c * k) on each wanted answer's log-prob:
+    with n = (4, 2) tokens and k = 2, -0.25 and -0.5 on top of g's own gradient."""
+    kwargs = {"epsilon": 0.2, "pairs": str(_pairs_file(tmp_path)), "beta": 0.5, "batch_size": 2}
+    grads = {}
+    for weight in (0.0, 2.0):
+        con = RefusalPairs(nll_weight=weight, **kwargs)
+        con.ref_logps = torch.tensor([[-3.0, -4.0], [-5.0, -6.0]])
+        con._batch = [0, 1]
+        logps = torch.tensor([-2.0, -7.0, -5.0, -4.0], requires_grad=True)
+        est = con.step_estimate(StepView(batch=None, rows={"refusal_pairs": SequenceLogps(
+            logps=logps, n_tokens=torch.tensor([4.0, 2.0, 3.0, 3.0]))}))
+        assert float(est.surrogate.detach()) == pytest.approx(0.574869, abs=1e-6)
+        est.surrogate.backward()
+        grads[weight] = logps.grad
+    torch.testing.assert_close(grads[2.0] - grads[0.0], torch.tensor([-0.25, -0.5, 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"nll_weight=-1 is out of range"):
+        RefusalPairs(nll_weight=-1, **kwargs)
