@@ -232,6 +232,7 @@ class Setup:
     logger: MetricsLogger
     precomputed: bool  # reference log-probs come with the batch (train.precompute_ref_logps)
     ref_in_step: bool  # the step runs the reference forward
+    needs_kl: bool  # some trained constraint reads the exact KL of the preference rows
     share_prompt: bool  # each pair's prompt runs once (train.share_prompt)
     shared_forward: bool  # rollout rows join the pairs' forward (one forward per backward: DDP)
     warned: set = field(default_factory=set)  # constraints already warned about as stalled
@@ -355,6 +356,7 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
     s = Setup(cfg, run_dir, accelerator, objective, constraints, eval_constraints, eps, policy,
               forward, heldout_set, params, logger, precomputed,
               ref_in_step=needs_kl or (objective.needs_reference and not precomputed),
+              needs_kl=needs_kl,
               share_prompt=share_prompt,
               # One process: rollout rows get a forward of their own at their own width (~half
               # the pairs' here). Under DDP one forward per backward is required, so they share
@@ -401,7 +403,7 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
             mask = _pad_cat(mask, rows["attention_mask"], 0)
             labels = _pad_cat(labels, rows["labels"], -100)
     out = s.forward(ids, mask, labels, ref_rows=2 * b if s.ref_in_step else 0,
-                    with_kl=any(c.needs_kl for c in s.constraints),
+                    with_kl=s.needs_kl,
                     pairs=b if s.share_prompt else None)
     pref = {"chosen_logps": out["logps"][:b], "rejected_logps": out["logps"][b:2 * b],
             "chosen_n_tokens": out["n_tokens"][:b], "rejected_n_tokens": out["n_tokens"][b:2 * b]}
