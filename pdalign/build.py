@@ -36,10 +36,15 @@ log = logging.getLogger("pdalign")
 
 
 def build_objective(cfg: DictConfig):
-    """The preference objective ``method.objective`` names (a `pdalign.losses` class)."""
+    """The preference objective ``method.objective`` names (a `pdalign.losses` class). An
+    objective on unpaired rows (KTO) checks the batch settings it needs, before any model."""
     from hydra.utils import instantiate
 
-    return instantiate(cfg.objectives[cfg.method.objective])
+    objective = instantiate(cfg.objectives[cfg.method.objective])
+    if getattr(objective, "unpaired", False):
+        objective.check_batch(int(cfg.train.batch_size),
+                              bool(cfg.train.get("precompute_ref_logps", False)))
+    return objective
 
 
 def build_constraints(cfg: DictConfig) -> list[Constraint]:
@@ -106,14 +111,30 @@ def build_tokenizer(cfg: DictConfig):
     return load_tokenizer(cfg.model.name_or_path)
 
 
-def build_datasets(cfg: DictConfig, tokenizer) -> tuple[list, list, dict]:
-    """(train features, held-out features, skipped rows per reason) from the ``data`` group."""
-    from pdalign.data import build_dataset
+def build_datasets(cfg: DictConfig, tokenizer, objective=None) -> tuple[list, list, dict]:
+    """(train features, held-out features, skipped rows per reason) from the ``data`` group:
+    pairs, or unpaired rows when the objective trains on them (KTO; ``data.unpair=true`` splits
+    a pair file into them), whose label balance is then checked against the objective's class
+    weights (a warning, as in TRL)."""
+    from pdalign.data import PreferenceDataError, build_dataset, source_file
 
+    objective = objective if objective is not None else build_objective(cfg)
+    unpaired = bool(getattr(objective, "unpaired", False))
     d = cfg.data
-    return build_dataset(tokenizer, d.train, heldout=d.get("heldout"), columns=dict(d.columns),
-                         max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-                         skip_invalid=d.skip_invalid)
+    train, held, skipped = build_dataset(
+        tokenizer, d.train, heldout=d.get("heldout"), columns=dict(d.columns),
+        max_length=d.max_length, max_prompt_length=d.max_prompt_length,
+        skip_invalid=d.skip_invalid, unpaired=unpaired, unpair=bool(d.get("unpair", False)))
+    if unpaired:
+        n_desirable = sum(bool(f["label"]) for f in train)
+        if n_desirable in (0, len(train)):  # possible only after skip_invalid dropped rows
+            raise PreferenceDataError(
+                f"after skipping invalid rows every training row has label="
+                f"{'true' if n_desirable else 'false'}", source=str(source_file(d.train) or
+                                                                    d.train),
+                fix="repair the dropped rows or add rows of the other label")
+        objective.check_balance(n_desirable, len(train) - n_desirable)
+    return train, held, skipped
 
 
 @dataclass
@@ -183,6 +204,41 @@ def load_saved_policy(cfg: DictConfig, checkpoint: Path, device: torch.device,
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device)
     ref = frozen_copy(base.to(device)) if base is not None else None
     return Policy(model, ref, tokenizer or load_tokenizer(cfg.model.name_or_path), dtype, device)
+
+
+def load_base_policy(cfg: DictConfig, device: torch.device) -> Policy:
+    """The config's base model alone, as training loaded it (4-bit where ``peft`` quantizes),
+    without an adapter: the base a checkpoint is compared against, or any model named by
+    ``model.name_or_path`` to sample from."""
+    dtype, quant = build_precision(cfg, device)
+    model, tokenizer = _load_base(cfg, quant)
+    return Policy(model if quant is not None else model.to(device), None, tokenizer, dtype,
+                  device)
+
+
+def load_merged_policy(cfg: DictConfig, checkpoint: Path, device: torch.device) -> Policy:
+    """A saved adapter merged into its base: one plain float32 causal LM with no adapter.
+
+    On a 4-bit (QLoRA) base the adapter is merged into the base's dequantized weights, the
+    weights the adapter was trained against (nf4 codes times their scales), held in a plain
+    float32 model of the same architecture; nothing is merged into, or re-quantized to, nf4.
+    A full ``save_pretrained`` checkpoint (``peft=none``) comes back as it is.
+    """
+    from peft import PeftModel
+
+    from pdalign.models import dequantized_state_dict
+
+    if not (checkpoint / "adapter_config.json").is_file():
+        return load_saved_policy(cfg, checkpoint, device, needs_base=False)
+    dtype, quant = build_precision(cfg, device)
+    base, tokenizer = _load_base(cfg, None)
+    if quant is not None:
+        quantized, _ = _load_base(cfg, quant)
+        base.load_state_dict(dequantized_state_dict(quantized, base), strict=True)
+        del quantized
+    base = base.float()
+    merged = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
+    return Policy(merged.to(device), None, tokenizer, dtype, device)
 
 
 def build_rollouts(cfg: DictConfig, constraints: list[Constraint], tokenizer, *,

@@ -253,6 +253,28 @@ def apply_peft(model, peft_cfg: dict | None, *, quantized: bool = False):
     return get_peft_model(model, config)
 
 
+def dequantized_state_dict(quantized, plain) -> dict[str, torch.Tensor]:
+    """``plain``'s state dict filled from a bitsandbytes 4-bit model of the same architecture:
+    each 4-bit Linear's weight dequantized from its codes and quantization state (what its
+    forward computes with), every other tensor copied; all float32.
+
+    Args:
+        quantized: the model loaded with a 4-bit ``BitsAndBytesConfig``.
+        plain: the same architecture loaded without quantization (only its keys are read).
+    """
+    import bitsandbytes as bnb
+
+    out = {}
+    for key in plain.state_dict():
+        owner, _, leaf = key.rpartition(".")
+        module = quantized.get_submodule(owner) if owner else quantized
+        tensor = getattr(module, leaf)
+        if isinstance(module, bnb.nn.Linear4bit) and leaf == "weight":
+            tensor = bnb.functional.dequantize_4bit(tensor.data, tensor.quant_state)
+        out[key] = tensor.detach().to(device="cpu", dtype=torch.float32)
+    return out
+
+
 def has_adapter(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
