@@ -163,11 +163,15 @@ def _evaluate_pairs(model, tokenizer, features, objective, batch_cs, *, confiden
     n = len(features)
     result: dict[str, float] = {}
     if objective is not None:
-        pref = {"chosen_logps": chosen.logps, "rejected_logps": rejected.logps,
-                "chosen_n_tokens": chosen.n_tokens, "rejected_n_tokens": rejected.n_tokens}
+        # the two row blocks by the objective's names: chosen/rejected, or KTO's completion/kl
+        first, second = getattr(objective, "row_names", ("chosen", "rejected"))
+        pref = {f"{first}_logps": chosen.logps, f"{second}_logps": rejected.logps,
+                f"{first}_n_tokens": chosen.n_tokens, f"{second}_n_tokens": rejected.n_tokens}
         if with_ref:
-            pref["ref_chosen_logps"], pref["ref_rejected_logps"] = (chosen.ref_logps,
-                                                                    rejected.ref_logps)
+            pref[f"ref_{first}_logps"], pref[f"ref_{second}_logps"] = (chosen.ref_logps,
+                                                                        rejected.ref_logps)
+        if "label" in features[0]:  # unpaired rows (KTO): z0 from all held-out mismatched rows
+            pref["label"] = torch.tensor([bool(f["label"]) for f in features])
         _, metrics = objective(pref)  # means over all n pairs: one call on the whole set
         result.update({"eval/pref_accuracy": metrics["rewards/accuracies"],
                        "eval/reward_margin": metrics["rewards/margins"], "eval/n_pairs": float(n)})
@@ -192,7 +196,7 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
              max_new_tokens: int = 48, batch_size: int = 16, temperature: float = 1.0,
              top_p: float = 1.0, seed: int = 0, confidence: float = 0.95, ref_model=None,
              dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-             progress: bool = True) -> dict[str, float]:
+             progress: bool = True, samples: dict | None = None) -> dict[str, float]:
     """Held-out preference metrics and constraint values with one-sided upper bounds.
 
     The model runs in eval mode without gradients (its previous mode is restored); sampling is
@@ -222,6 +226,9 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
         dtype: autocast dtype (`pdalign.models.resolve_dtype`); float32 = no autocast.
         device: where inputs go; default the model's device.
         progress: show tqdm bars.
+        samples: when a dict, filled with what the sampled rows were measured on:
+            {(constraint, set): [{"prompt", "response", "cost"}, ...]} in prompt order (the
+            safety battery prints the worst of them).
     Returns a flat {metric key: float} dict (keys in the module docstring).
     """
     check_confidence(confidence)
@@ -271,6 +278,10 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
                     raise ValueError(f"{type(c).__name__}.cost for constraints.{c.name} must "
                                      f"return {len(rollout)} finite values, got shape "
                                      f"{tuple(costs.shape)}")
+                if samples is not None:
+                    samples[(c.name, set_name)] = [
+                        {"prompt": p, "response": r, "cost": float(x)}
+                        for p, r, x in zip(rollout.prompts, rollout.responses, costs.tolist())]
                 bound, upper, wilson = cost_bound(c, costs, max_new_tokens, confidence)
                 result.update(set_metrics(c.name, set_name, value=float(costs.mean()),
                                           upper=upper, bound=bound, eps=float(c.epsilon),
