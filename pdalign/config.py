@@ -111,6 +111,7 @@ RANGES: dict[str, tuple] = {
     # leaves no room for a response), and is harmless when every prompt is short
     "data.max_prompt_length": ("integer or null", ">= 1", "prompt tokens; null = no limit"),
     "data.skip_invalid": ("boolean", None, "drop and count bad rows instead of stopping"),
+    "data.unpair": ("boolean", None, "split pairs into desirable/undesirable rows for KTO"),
     "eval.every": ("integer", ">= 0", "steps between held-out evaluations; 0 = only at the end"),
     "eval.prompts_per_set": ("integer", ">= 1", "prompts per held-out set"),
     "eval.max_new_tokens": ("integer", ">= 1", "generation budget in tokens"),

@@ -7,6 +7,10 @@ The path from a file to a training batch is four plain steps, one function each:
     features, skipped = tokenize_rows(tokenizer, train, max_length=512, max_prompt_length=256)
     batch = collate(features[:8], tokenizer.pad_token_id)  # one (2B, T) forward pass
 
+Unpaired rows take the same steps (`load_unpaired_rows`, `tokenize_rows`, `collate`); their
+batch is also (2B, T): B (prompt, completion) rows, then the B mismatched rows KTO estimates
+its reference point from.
+
 `build_dataset` runs the first three for the trainer. Everything up to `collate` is plain
 Python (no torch), so bad data is caught before any model loads.
 
@@ -23,6 +27,12 @@ Row formats
     ``{"role", "content"}`` messages (TRL's conversational format: the prompt's messages,
     then the assistant message(s) of each answer). A plain prompt is one user message and a
     plain answer one assistant message.
+
+    Unpaired feedback (for KTO; `load_unpaired_rows`) has ``prompt``, ``completion`` and
+    ``label`` (true = desirable, false = undesirable), TRL's unpaired preference format; the
+    same value rules apply to ``completion`` as to an answer, and a source must hold both
+    labels. `unpair_rows` turns pairs into such rows (chosen -> desirable, rejected ->
+    undesirable), TRL's ``unpair_preference_dataset``: ``build_dataset(unpair=True)``.
 
 Tokens
     prompt tokens = the chat template of the prompt messages with ``add_generation_prompt``;
@@ -77,6 +87,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIELDS = ("prompt", "chosen", "rejected")
+UNPAIRED_FIELDS = ("prompt", "completion", "label")
 BUILTIN_PREFIX = "builtin:"
 QUICKSTART = "builtin:quickstart"
 QUICKSTART_HELDOUT = "builtin:quickstart_heldout"
@@ -90,6 +101,7 @@ REASONS = {
     "wrong_type": "a value that is neither a string nor a well-formed message list",
     "empty": "an empty or whitespace-only prompt, response or message",
     "identical": "chosen identical to rejected",
+    "wrong_label": "an unpaired row whose label is not true or false",
     "prompt_too_long": "a prompt that leaves no room for a response token",
 }
 
@@ -106,7 +118,7 @@ class PreferenceDataError(ValueError):
         reason: a key of `REASONS` (counted under ``skip_invalid``), or None when the
             problem concerns the whole source and cannot be skipped.
         location: ``line N`` / ``row N``, or None for the whole source.
-        field: ``prompt`` | ``chosen`` | ``rejected``, or None.
+        field: ``prompt`` | ``chosen`` | ``rejected`` (| ``completion`` | ``label``), or None.
     """
 
     def __init__(self, problem: str, *, source: str, fix: str, reason: str | None = None,
@@ -132,6 +144,25 @@ class PreferenceRow:
     prompt: Value
     chosen: Value
     rejected: Value
+    index: int
+    source: str
+    location: str
+
+
+@dataclass(frozen=True)
+class UnpairedRow:
+    """One validated unpaired row: a completion and whether it is desirable.
+
+    Args:
+        prompt, completion: the row's values after the column mapping (string or messages).
+        label: True = desirable, False = undesirable.
+        index, source, location: as in `PreferenceRow` (for a split pair, ``index`` counts the
+            unpaired rows: pair k gives rows 2k and 2k + 1).
+    """
+
+    prompt: Value
+    completion: Value
+    label: bool
     index: int
     source: str
     location: str
@@ -200,13 +231,113 @@ def load_preference_rows(source: Any, columns: Mapping[str, str] | None = None,
     return rows, skipped
 
 
-def _column_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
-    mapping = {field: field for field in FIELDS}
+def load_unpaired_rows(source: Any, columns: Mapping[str, str] | None = None,
+                       skip_invalid: bool = False, split: str = "train",
+                       config_key: str = "data.train") -> tuple[list[UnpairedRow], Counter]:
+    """Read and validate every row of an unpaired source (``prompt``, ``completion``,
+    ``label``), as `load_preference_rows` does for pairs; a source whose rows all carry one
+    label is an error.
+
+    Args:
+        source, columns, skip_invalid, split, config_key: as in `load_preference_rows`;
+            ``columns`` maps ``completion`` and ``label`` too.
+    Returns (rows, skipped): the valid rows in source order and a Counter of dropped rows per
+    `REASONS` key.
+    """
+    mapping = _column_mapping(columns, UNPAIRED_FIELDS)
+    name, records = _read_records(source, split, config_key)
+    if not records:
+        raise PreferenceDataError("contains no rows", source=name,
+                                  fix=f"point {config_key} at a non-empty file of unpaired rows")
+    rows: list[UnpairedRow] = []
+    skipped: Counter = Counter()
+    first_error: PreferenceDataError | None = None
+    for index, (location, record) in enumerate(records):
+        try:
+            rows.append(_validate_unpaired(record, mapping, index, name, location))
+        except PreferenceDataError as err:
+            if not skip_invalid:
+                raise
+            skipped[err.reason] += 1
+            first_error = first_error or err
+    _report_skipped(name, rows, skipped, first_error)
+    check_both_labels(rows, name, config_key)
+    return rows, skipped
+
+
+def unpair_rows(rows: Sequence[PreferenceRow]) -> list[UnpairedRow]:
+    """Each pair as two unpaired rows: (prompt, chosen, True) then (prompt, rejected, False).
+
+    TRL's ``unpair_preference_dataset``; pair k becomes rows 2k and 2k + 1, which share a
+    prompt, so `split_heldout` keeps them on one side.
+    """
+    out: list[UnpairedRow] = []
+    for k, row in enumerate(rows):
+        for j, (completion, label) in enumerate(((row.chosen, True), (row.rejected, False))):
+            out.append(UnpairedRow(row.prompt, completion, label, 2 * k + j, row.source,
+                                   row.location))
+    return out
+
+
+def check_both_labels(rows: Sequence[UnpairedRow], source: str,
+                      config_key: str = "data.train", fix: str | None = None) -> None:
+    """Raise unless ``rows`` hold at least one desirable and one undesirable row."""
+    n_desirable = sum(row.label for row in rows)
+    if 0 < n_desirable < len(rows):
+        return
+    have, lack = ("true", "false") if n_desirable else ("false", "true")
+    raise PreferenceDataError(
+        f"every one of its {len(rows)} rows has label={have}: KTO needs desirable and "
+        f"undesirable examples to place its reference point between", source=source,
+        fix=fix or f"add rows with label={lack} to {config_key} (or, for a paired file, set "
+                   f"data.unpair=true: chosen -> true, rejected -> false)")
+
+
+def _validate_unpaired(record: Any, mapping: dict[str, str], index: int, source: str,
+                       location: str) -> UnpairedRow:
+    if isinstance(record, PreferenceDataError):
+        raise record
+    if not isinstance(record, Mapping):
+        raise PreferenceDataError(
+            f"expected an object with prompt/completion/label, got {type(record).__name__}",
+            source=source, location=location, reason="not_an_object",
+            fix="write each row as a JSON object")
+    values = {}
+    for field in UNPAIRED_FIELDS:
+        column = mapping[field]
+        if column not in record:
+            paired = field != "prompt" and {"chosen", "rejected"} <= set(record)
+            raise PreferenceDataError(
+                f"column {column!r} not found; the row has columns {sorted(record)}",
+                source=source, location=location, field=field, reason="missing_column",
+                fix="these are preference pairs: set data.unpair=true to train on each as a "
+                    "desirable (chosen) and an undesirable (rejected) row" if paired else
+                    f"set data.columns.{field}=<name> to the column that holds the {field}")
+        if field == "label":
+            label = record[column]
+            if not isinstance(label, bool):
+                raise PreferenceDataError(
+                    f"expected true or false, got {type(label).__name__} {label!r}",
+                    source=source, location=location, field=field, reason="wrong_label",
+                    fix="write the label as a JSON boolean: true = desirable, false = "
+                        "undesirable (or set data.skip_invalid=true)")
+            values[field] = label
+        else:
+            values[field] = _check_value(record[column], field, source, location)
+    return UnpairedRow(index=index, source=source, location=location, **values)
+
+
+def _column_mapping(columns: Mapping[str, str] | None,
+                    fields: Sequence[str] = FIELDS) -> dict[str, str]:
+    """{field: column} for ``fields``; ``columns`` may also name the other format's fields."""
+    known = dict.fromkeys(FIELDS + UNPAIRED_FIELDS)
+    mapping = {field: field for field in fields}
     for field, column in dict(columns or {}).items():
-        if field not in mapping:
+        if field not in known:
             raise ValueError(f"data.columns has an unknown key {field!r}; "
-                             f"the keys are {list(FIELDS)}")
-        mapping[field] = str(column)
+                             f"the keys are {list(known)}")
+        if field in mapping:
+            mapping[field] = str(column)
     return mapping
 
 
@@ -338,10 +469,13 @@ def _validate_record(record: Any, mapping: dict[str, str], index: int, source: s
     for field in FIELDS:
         column = mapping[field]
         if column not in record:
+            unpaired = field != "prompt" and {"completion", "label"} <= set(record)
             raise PreferenceDataError(
                 f"column {column!r} not found; the row has columns {sorted(record)}",
                 source=source, location=location, field=field, reason="missing_column",
-                fix=f"set data.columns.{field}=<name> to the column that holds the {field}")
+                fix="these are unpaired rows (completion, label): train on them with "
+                    "method=kto or method=primal_dual method.objective=kto" if unpaired else
+                    f"set data.columns.{field}=<name> to the column that holds the {field}")
         values[field] = _check_value(record[column], field, source, location)
     if _canonical(values["chosen"]) == _canonical(values["rejected"]):
         raise PreferenceDataError(
@@ -465,25 +599,9 @@ def tokenize_pair(tokenizer, row: PreferenceRow, max_length: int | None = None,
     prompt_ids = _prompt_ids(tokenizer, row)
     chosen_ids, chosen_fallback = _response_ids(tokenizer, row, prompt_ids, row.chosen)
     rejected_ids, rejected_fallback = _response_ids(tokenizer, row, prompt_ids, row.rejected)
-
-    def too_long(problem: str, fix: str) -> PreferenceDataError:
-        return PreferenceDataError(problem, source=row.source, location=row.location,
-                                   field="prompt", reason="prompt_too_long", fix=fix)
-
-    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        if not truncate_prompt:
-            raise too_long(f"the prompt has {len(prompt_ids)} tokens, over "
-                           f"max_prompt_length={max_prompt_length}",
-                           "shorten it, raise data.max_prompt_length, set "
-                           "data.truncate_prompt=true or data.skip_invalid=true")
-        prompt_ids = prompt_ids[-max_prompt_length:]  # keep the END: the question itself
-    if max_length is not None:
-        room = max_length - len(prompt_ids)
-        if room < 1:
-            raise too_long(f"the prompt has {len(prompt_ids)} tokens, leaving no room for a "
-                           f"response in max_length={max_length}",
-                           "set data.max_prompt_length below data.max_length, raise "
-                           "data.max_length, or set data.skip_invalid=true")
+    prompt_ids, room = _fit_prompt(row, prompt_ids, max_length, max_prompt_length,
+                                   truncate_prompt)
+    if room is not None:
         chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
     return {
         "index": row.index,
@@ -497,10 +615,60 @@ def tokenize_pair(tokenizer, row: PreferenceRow, max_length: int | None = None,
     }
 
 
-def tokenize_rows(tokenizer, rows: Iterable[PreferenceRow], max_length: int | None = None,
+def tokenize_unpaired(tokenizer, row: UnpairedRow, max_length: int | None = None,
+                      max_prompt_length: int | None = None, truncate_prompt: bool = True,
+                      ) -> dict[str, Any]:
+    """Token ids of one unpaired row, under the chat template and truncation policy of
+    `tokenize_pair`.
+
+    Returns a feature dict: ``index``; ``label``; ``prompt_ids``; ``completion_ids``;
+    ``prompt_len``, ``completion_len``; ``room``, the response tokens ``max_length`` leaves
+    after this prompt (None: no limit), which `collate` applies to the mismatched completion
+    this prompt is paired with; ``template_fallback``.
+    """
+    prompt_ids = _prompt_ids(tokenizer, row)
+    completion_ids, fallback = _response_ids(tokenizer, row, prompt_ids, row.completion)
+    prompt_ids, room = _fit_prompt(row, prompt_ids, max_length, max_prompt_length,
+                                   truncate_prompt)
+    if room is not None:
+        completion_ids = completion_ids[:room]
+    return {"index": row.index, "label": bool(row.label), "prompt_ids": prompt_ids,
+            "completion_ids": completion_ids, "prompt_len": len(prompt_ids),
+            "completion_len": len(completion_ids), "room": room, "template_fallback": fallback}
+
+
+def _fit_prompt(row, prompt_ids: list[int], max_length: int | None,
+                max_prompt_length: int | None, truncate_prompt: bool,
+                ) -> tuple[list[int], int | None]:
+    """(the prompt under the truncation policy, response tokens left in max_length or None)."""
+    def too_long(problem: str, fix: str) -> PreferenceDataError:
+        return PreferenceDataError(problem, source=row.source, location=row.location,
+                                   field="prompt", reason="prompt_too_long", fix=fix)
+
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        if not truncate_prompt:
+            raise too_long(f"the prompt has {len(prompt_ids)} tokens, over "
+                           f"max_prompt_length={max_prompt_length}",
+                           "shorten it, raise data.max_prompt_length, set "
+                           "data.truncate_prompt=true or data.skip_invalid=true")
+        prompt_ids = prompt_ids[-max_prompt_length:]  # keep the END: the question itself
+    if max_length is None:
+        return prompt_ids, None
+    room = max_length - len(prompt_ids)
+    if room < 1:
+        raise too_long(f"the prompt has {len(prompt_ids)} tokens, leaving no room for a "
+                       f"response in max_length={max_length}",
+                       "set data.max_prompt_length below data.max_length, raise "
+                       "data.max_length, or set data.skip_invalid=true")
+    return prompt_ids, room
+
+
+def tokenize_rows(tokenizer, rows: Iterable[PreferenceRow | UnpairedRow],
+                  max_length: int | None = None,
                   max_prompt_length: int | None = None, truncate_prompt: bool = True,
                   skip_invalid: bool = False) -> tuple[list[dict[str, Any]], Counter]:
-    """`tokenize_pair` over rows, checking every row's budget before training starts.
+    """`tokenize_pair` (`tokenize_unpaired` for unpaired rows) over rows, checking every row's
+    budget before training starts.
 
     Args:
         tokenizer, max_length, max_prompt_length, truncate_prompt: as in `tokenize_pair`.
@@ -515,9 +683,10 @@ def tokenize_rows(tokenizer, rows: Iterable[PreferenceRow], max_length: int | No
     source = "preference rows"
     for row in rows:
         source = row.source
+        tokenize = tokenize_unpaired if isinstance(row, UnpairedRow) else tokenize_pair
         try:
-            features.append(tokenize_pair(tokenizer, row, max_length, max_prompt_length,
-                                          truncate_prompt))
+            features.append(tokenize(tokenizer, row, max_length, max_prompt_length,
+                                     truncate_prompt))
         except PreferenceDataError as err:
             if not skip_invalid or err.reason is None:
                 raise
@@ -529,7 +698,7 @@ def tokenize_rows(tokenizer, rows: Iterable[PreferenceRow], max_length: int | No
     _report_skipped(source, features, skipped, first_error)
     fallbacks = sum(f["template_fallback"] for f in features)
     if fallbacks:
-        log.warning("%s: %d of %d pairs were tokenized as response text + eos because the "
+        log.warning("%s: %d of %d rows were tokenized as response text + eos because the "
                     "chat template does not extend the prompt's tokens", source, fallbacks,
                     len(features))
     return features, skipped
@@ -585,10 +754,16 @@ def _strip_trailing_whitespace(tokenizer, ids: list[int]) -> list[int]:
 
 def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int,
             pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
-    """Stack B pairs into one concatenated batch for a single forward pass.
+    """Stack B pairs (or B unpaired rows) into one concatenated batch for a single forward pass.
 
-    Rows 0..B-1 are chosen and rows B..2B-1 rejected, in the same pair order, each
+    Pairs: rows 0..B-1 are chosen and rows B..2B-1 rejected, in the same pair order, each
     prompt + response, right-padded with ``pad_token_id``.
+
+    Unpaired rows (features from `tokenize_unpaired`): rows 0..B-1 are (x_i, y_i) and rows
+    B..2B-1 the mismatched (x_i, y_{i-1}), the completions rotated by one within the batch
+    ((x_0, y_{B-1}) first), as TRL's KTOTrainer builds its KL rows; each mismatched completion
+    is cut to its prompt's ``room``. Row i and row B + i share their prompt in both layouts.
+    One row (B = 1) is its own mismatched row; KTO's training step refuses that batch size.
 
     Args:
         features: B feature dicts from `tokenize_pair` (optionally with float
@@ -600,6 +775,7 @@ def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int,
         attention_mask  (2B, T) long, 1 on prompt and response tokens
         labels          (2B, T) long, input ids on response tokens, -100 elsewhere
         index           (B,)    long, the rows' source positions
+        label           (B,)    bool, unpaired rows only: True = desirable
         ref_chosen_logps, ref_rejected_logps  (B,) float32, when every feature has them
     """
     import torch
@@ -608,8 +784,15 @@ def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int,
         raise ValueError("collate needs at least one feature")
     if pad_token_id is None:
         raise ValueError("the tokenizer has no pad token id; set tokenizer.pad_token")
-    sequences = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
-    sequences += [(f["prompt_ids"], f["rejected_ids"]) for f in features]
+    unpaired = "completion_ids" in features[0]
+    if unpaired:
+        sequences = [(f["prompt_ids"], f["completion_ids"]) for f in features]
+        shifted = [features[i - 1]["completion_ids"] for i in range(len(features))]
+        sequences += [(f["prompt_ids"], y if f.get("room") is None else y[:f["room"]])
+                      for f, y in zip(features, shifted)]
+    else:
+        sequences = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
+        sequences += [(f["prompt_ids"], f["rejected_ids"]) for f in features]
     width = max(len(prompt) + len(response) for prompt, response in sequences)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -623,6 +806,8 @@ def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int,
         labels[i, start:end] = input_ids[i, start:end]
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
              "index": torch.tensor([f["index"] for f in features], dtype=torch.long)}
+    if unpaired:
+        batch["label"] = torch.tensor([bool(f["label"]) for f in features], dtype=torch.bool)
     for key in ("ref_chosen_logps", "ref_rejected_logps"):
         present = sum(key in f for f in features)
         if present == len(features):
@@ -655,7 +840,8 @@ def build_dataset(tokenizer, source: Any, *, heldout: Any = None, heldout_fracti
                   seed: int = 0, columns: Mapping[str, str] | None = None,
                   max_length: int | None = None, max_prompt_length: int | None = None,
                   truncate_prompt: bool = True, skip_invalid: bool = False,
-                  split: str = "train") -> tuple[list[dict], list[dict], Counter]:
+                  split: str = "train", unpaired: bool = False, unpair: bool = False,
+                  ) -> tuple[list[dict], list[dict], Counter]:
     """Load, validate, split and tokenize a preference source (and its held-out set).
 
     Args:
@@ -667,19 +853,37 @@ def build_dataset(tokenizer, source: Any, *, heldout: Any = None, heldout_fracti
         seed: the split's seed. Default 0.
         columns, skip_invalid, split: as in `load_preference_rows`.
         max_length, max_prompt_length, truncate_prompt: as in `tokenize_pair`.
+        unpaired: the objective trains on unpaired rows (KTO): sources are read as
+            ``prompt``/``completion``/``label`` rows. Default False (pairs).
+        unpair: with ``unpaired``, the sources are pair files, split by `unpair_rows`
+            (``data.unpair``); ignored for pair objectives. Default False.
     Returns (train_features, heldout_features, skipped): a held-out file's row ``index``
     counts from 0 in that file, so key a reference cache by (split, index).
     """
     if heldout is not None and heldout_fraction:
         raise ValueError("set either data.heldout (a file) or data.heldout_fraction, not both")
-    rows, skipped = load_preference_rows(source, columns, skip_invalid, split, "data.train")
-    held_rows: list[PreferenceRow] = []
+
+    def load(src: Any, key: str) -> tuple[list, Counter]:
+        if not unpaired:
+            return load_preference_rows(src, columns, skip_invalid, split, key)
+        if not unpair:
+            return load_unpaired_rows(src, columns, skip_invalid, split, key)
+        pairs, dropped = load_preference_rows(src, columns, skip_invalid, split, key)
+        return unpair_rows(pairs), dropped
+
+    rows, skipped = load(source, "data.train")
+    held_rows: list = []
     if heldout is not None:
-        held_rows, held_skipped = load_preference_rows(heldout, columns, skip_invalid, split,
-                                                       "data.heldout")
+        held_rows, held_skipped = load(heldout, "data.heldout")
         skipped += held_skipped
     elif heldout_fraction:
         rows, held_rows = split_heldout(rows, heldout_fraction, seed)
+        if unpaired:
+            fix = ("give data.heldout a file with both labels, or change "
+                   "data.heldout_fraction or seed")
+            for side, part in (("training", rows), ("held-out", held_rows)):
+                check_both_labels(part, f"{part[0].source} ({side} side of "
+                                        f"data.heldout_fraction={heldout_fraction})", fix=fix)
     budget = {"max_length": max_length, "max_prompt_length": max_prompt_length,
               "truncate_prompt": truncate_prompt, "skip_invalid": skip_invalid}
     train, train_skipped = tokenize_rows(tokenizer, rows, **budget)

@@ -278,7 +278,7 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
     dual = build.build_dual(cfg, constraints)
     dtype, quant = build.build_precision(cfg, device)
     tokenizer = build.build_tokenizer(cfg)
-    train_set, heldout_set, skipped = build.build_datasets(cfg, tokenizer)
+    train_set, heldout_set, skipped = build.build_datasets(cfg, tokenizer, objective)
     log.info("data: %d train pairs, %d held-out, skipped %s", len(train_set), len(heldout_set),
              dict(skipped) or "none")
     forced = os.environ.get(FORCE_DTYPE_ENV) if tcfg.dtype == "auto" else None
@@ -405,12 +405,19 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
     out = s.forward(ids, mask, labels, ref_rows=2 * b if s.ref_in_step else 0,
                     with_kl=s.needs_kl,
                     pairs=b if s.share_prompt else None)
-    pref = {"chosen_logps": out["logps"][:b], "rejected_logps": out["logps"][b:2 * b],
-            "chosen_n_tokens": out["n_tokens"][:b], "rejected_n_tokens": out["n_tokens"][b:2 * b]}
+    # the batch's two row blocks: (chosen, rejected) pairs, or KTO's (completion, kl) rows
+    first, second = getattr(s.objective, "row_names", ("chosen", "rejected"))
+    pref = {f"{first}_logps": out["logps"][:b], f"{second}_logps": out["logps"][b:2 * b],
+            f"{first}_n_tokens": out["n_tokens"][:b],
+            f"{second}_n_tokens": out["n_tokens"][b:2 * b]}
     if s.objective.needs_reference:
         ref = (torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
                if s.precomputed else out["ref_logps"][:2 * b])
-        pref["ref_chosen_logps"], pref["ref_rejected_logps"] = ref[:b], ref[b:]
+        pref[f"ref_{first}_logps"], pref[f"ref_{second}_logps"] = ref[:b], ref[b:]
+    if "label" in batch:  # unpaired rows: desirable or not
+        pref["label"] = batch["label"]
+    if s.accelerator.num_processes > 1:  # a batch statistic (KTO's z0) is averaged over ranks
+        pref["reduce_mean"] = lambda t: s.accelerator.reduce(t.reshape(1), "mean").reshape(())
     losses, metrics = s.objective(pref)
     tokens = int(mask.sum())
     if not s.constraints:
