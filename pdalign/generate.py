@@ -93,6 +93,15 @@ def _model_source(name: str) -> Path | None:
 def _plan(args):
     """(cfg, constraints, a function that loads the policy) from the arguments; every check
     runs here, before any model loads."""
+    cfg, constraints, load = _sources(args)
+    if args.dtype:
+        if args.dtype not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"--dtype {args.dtype}: not one of auto, fp32, bf16")
+        cfg.train.dtype = args.dtype  # read by the loader when it runs
+    return cfg, constraints, load
+
+
+def _sources(args):
     from omegaconf import OmegaConf
 
     from pdalign import build
@@ -185,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="prompts per batch; default "
                         "eval.batch_size")
     parser.add_argument("--seed", type=int, help="sampling seed; default eval.seed")
+    parser.add_argument("--dtype", help="auto | fp32 | bf16: the compute dtype; default the "
+                        "run's train.dtype")
     parser.add_argument("--device", help="cpu | cuda | cuda:N; default cuda if available")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

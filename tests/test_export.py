@@ -307,6 +307,8 @@ def test_bad_input_is_one_line_naming_the_flag_before_any_model(lora_run, prompt
         (generate_main, [*run, "--model", "tiny", "--prompts", str(prompts)],
          r"--model samples .* drop --run-dir"),
         (generate_main, [*run, "--prompts", str(prompts), "--top-p", "0"], r"--top-p in"),
+        (generate_main, [*run, "--prompts", str(prompts), "--dtype", "fp16"],
+         r"--dtype fp16: not one of auto, fp32, bf16"),
         (battery_main, [*run, "--constraints", "honesty"],
          r"--constraints honesty: no conf/constraints/honesty.yaml; available: .*refusal"),
         (battery_main, [*run, "--set", "nope:id=adversarial"], r"no constraint 'nope'"),
