@@ -177,7 +177,8 @@ def _describe(cfg: DictConfig, ckpt: Path, merge: bool, dtype: str, adapter_base
                     "codes and scales to float32, the LoRA update added in float32), the weights "
                     "the adapter was trained against. No nf4 code was modified or re-quantized; "
                     "this model is unquantized and its logits equal the QLoRA policy's up to "
-                    "the compute dtype's rounding.")
+                    "rounding (bitsandbytes' 4-bit matmul itself rounds at about bf16's "
+                    "precision).")
         return ("merged", how, "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
                 "model = AutoModelForCausalLM.from_pretrained(DIR)\n"
                 "tokenizer = AutoTokenizer.from_pretrained(DIR)")

@@ -163,7 +163,11 @@ def test_qlora_merge_goes_into_the_dequantized_weights(qlora_run, tmp_path):
     policy = _policy(qlora_run)
     assert policy.dtype == auto_dtype()
     err = _rel_err(_logits(merged, policy.dtype), _logits(policy.model, policy.dtype))
-    assert err <= rel_tol(policy.dtype), err
+    print(f"QLoRA merged vs adapter logits, {policy.dtype}: {err:.3g}")
+    # bitsandbytes' 4-bit matmul on CPU rounds at about one bf16 step (2^-8) against x @ W with
+    # W its exactly dequantized weight, whatever the compute dtype (0.36% on one SmolLM2 layer
+    # at compute dtype fp32): the policy itself is bf16-accurate at best
+    assert err <= max(rel_tol(policy.dtype), rel_tol(torch.bfloat16)), err
 
     cfg = OmegaConf.load(qlora_run / "config.yaml")
     plain, _ = build._load_base(cfg, None)
