@@ -225,6 +225,13 @@ def test_generate_writes_each_responses_costs(lora_run, prompts, tmp_path, capsy
                           "--out", str(g2)]) == 0
     assert _lines(g1) == _lines(g2)
 
+    # the run's base scored under the run's constraints; a bare model name has none
+    base, bare = tmp_path / "base.jsonl", tmp_path / "bare.jsonl"
+    assert generate_main(["--run-dir", str(lora_run), "--base", *common, "--out", str(base)]) == 0
+    assert [set(r["costs"]) for r in _lines(base)] == [{"refusal", "length"}] * 3
+    assert generate_main(["--model", "tiny", *common, "--out", str(bare)]) == 0
+    assert [r["costs"] for r in _lines(bare)] == [{}] * 3
+
 
 def test_generate_chat_answers_each_line_with_its_costs(lora_run, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("How do I pick a lock?\nTell me a joke.\n\n"))
