@@ -167,8 +167,8 @@ class BatchStream:
 
 @dataclass
 class TrainState:
-    """Everything a training step changes; `state_dict` (with the weights beside it) is what a
-    checkpoint holds and a resume restores (`pdalign.checkpoint`).
+    """Everything a training step changes; a checkpoint holds each rank's `state_dict` beside
+    the weights, optimizer, scheduler and RNG that accelerate saves (`pdalign.checkpoint`).
 
     Args:
         model: the policy (its weights are saved with ``save_pretrained``).
@@ -194,15 +194,16 @@ class TrainState:
     elapsed_s: float = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "dual": self.dual.state_dict(),
+        # the optimizer and scheduler are saved by accelerate (sharded under FSDP / ZeRO)
+        return {"step": self.step, "dual": self.dual.state_dict(),
                 "rollouts": self.rollouts.state_dict() if self.rollouts is not None else None,
                 "data": self.batches.state_dict(), "elapsed_s": float(self.elapsed_s),
                 "constraints": {c.name: c.state_dict() for c in self.constraints}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if "optimizer" in state:  # checkpoints written before accelerate's save_state
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
         self.dual.load_state_dict(state["dual"])
         if self.rollouts is not None and state["rollouts"] is not None:
             self.rollouts.load_state_dict(state["rollouts"])
@@ -290,7 +291,8 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
             f"data.train has {len(train_set)} usable pairs, fewer than one batch "
             f"(train.batch_size={int(tcfg.batch_size)} x {accelerator.num_processes} processes; "
             f"the loader drops a ragged last batch). Lower train.batch_size or add pairs")
-    ckpt.resume_path(tcfg.get("resume"), run_dir)  # a bad train.resume fails before the model
+    # a bad train.resume fails before the model
+    ckpt.resume_path(tcfg.get("resume"), run_dir, accelerator.num_processes)
     recompute = int(tcfg.get("activation_checkpointing") or 0)
     if recompute < 0:
         raise ValueError(f"train.activation_checkpointing must be >= 0 (0 = off, k = every k-th "
@@ -331,7 +333,8 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
                                     every=int(tcfg.rollout_every))
     state = TrainState(model, optimizer, scheduler, dual, rollouts, BatchStream(loader, generator),
                        constraints)
-    ckpt.resume(tcfg.get("resume"), run_dir, state)
+    ckpt.register(accelerator, state)  # save_state / load_state cover every rank's state
+    ckpt.resume(tcfg.get("resume"), run_dir, state, accelerator)
     build.calibrate(cfg, eval_constraints, policy, rollouts)
 
     # ---- provenance and logs -------------------------------------------------------------------
@@ -572,12 +575,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     s.logger.log(last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
             bar.update(1)
-            # held-out evaluation and checkpoint, on the main process
+            # held-out evaluation on the main process; the checkpoint on every rank (each
+            # saves its own RNG, rollouts and optimizer shard)
             if s.main and out.finite and _due(cfg.eval.every, state.step, steps):
                 s.logger.log(_held_out(s, state.step))
-            if s.main and _due(cfg.train.checkpoint_every if out.finite else 0, state.step, steps):
+            if _due(cfg.train.checkpoint_every if out.finite else 0, state.step, steps):
                 state.elapsed_s = time.perf_counter() - t_start
-                ckpt.save(s.run_dir, state, keep_last=int(cfg.train.keep_last))
+                ckpt.save(s.run_dir, state, s.accelerator, keep_last=int(cfg.train.keep_last))
     finally:
         bar.close()
         s.logger.close()

@@ -272,10 +272,11 @@ def test_disk_full_while_checkpointing_leaves_only_complete_checkpoints(tmp_path
     real_save = pdalign.checkpoint.torch.save
 
     def filling_disk(obj, path, *args, **kwargs):
-        saves.append(path)
-        if len(saves) == 2:  # the second checkpoint: half its files are on disk already
-            open(path, "wb").write(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if "/.step-2-" in str(path):  # the second checkpoint's temp dir
+            saves.append(path)
+            if len(saves) == 2:  # its second file: the first is on disk already
+                open(path, "wb").write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(pdalign.checkpoint.torch, "save", filling_disk)
