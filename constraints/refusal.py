@@ -138,8 +138,8 @@ class RefusalPairs(PairConstraint):
     (``target: comply``). Held out: samples on ``prompts``' held-out sets, cost as in `Refusal`.
 
     Args:
-        name, epsilon, pairs, prompts, beta, batch_size, max_length, nll_weight, lambda_max:
-            see `PairConstraint`. Defaults: the bundled ``refusal_pairs`` on ``adversarial``.
+        name, epsilon, pairs, prompts, beta, batch_size, max_length, nll_weight, reward,
+            own_answers, own_tokens, lambda_max: see `PairConstraint`. Defaults: the bundled ``refusal_pairs`` on ``adversarial``.
         target, detector: see `Refusal`.
     """
 
@@ -149,10 +149,12 @@ class RefusalPairs(PairConstraint):
     def __init__(self, name: str = "refusal_pairs", epsilon: float = 0.2,
                  pairs: str = "refusal_pairs", prompts: str = "adversarial",
                  target: str = "refuse", detector: Callable[[str], bool] | None = None,
-                 beta: float = 0.1, batch_size: int = 4, max_length: int = 256,
-                 nll_weight: float = 0.0, lambda_max: float | None = None):
+                 beta: float | None = None, batch_size: int = 4, max_length: int = 256,
+                 nll_weight: float = 0.0, reward: str = "dpo", own_answers: str | None = None,
+                 own_tokens: int = 48, lambda_max: float | None = None):
         super().__init__(name, epsilon, pairs, prompts, beta=beta, batch_size=batch_size,
-                         max_length=max_length, nll_weight=nll_weight, lambda_max=lambda_max)
+                         max_length=max_length, nll_weight=nll_weight, reward=reward,
+                         own_answers=own_answers, own_tokens=own_tokens, lambda_max=lambda_max)
         self.target = check_target(target, self.config_key("target"))
         self.detector = detector if detector is not None else PhraseRefusalDetector()
 

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pdalign import build
 from pdalign import checkpoint as ckpt
+from pdalign.atomic import write_text
 from pdalign.config import check_config
 from pdalign.constraint import ConstraintEstimate, StepView
 from pdalign.evaluate import eval_kwargs, evaluate, heldout_prompt_sets
@@ -305,6 +306,8 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
     model, ref_model = policy.model, policy.ref_model
     for c in constraints:  # what a constraint prepares once the policy exists (pair sets)
         c.bind(policy, seed=int(cfg.seed) + accelerator.process_index)
+        for name, text in (c.files().items() if main else ()):
+            write_text(run_dir / "constraints" / name, text)
     precomputed = bool(tcfg.precompute_ref_logps and objective.needs_reference)
     if precomputed:
         model_id = {"model": OmegaConf.to_container(cfg.model, resolve=True),

@@ -128,6 +128,12 @@ def test_pair_constraint_resume_continues_the_same_batches(tmp_path):
      r"constraints\.refusal_pairs\.batch_size=500 exceeds the 122 pairs"),
     ("constraints.refusal_pairs.beta=0",
      r"constraints\.refusal_pairs\.beta=0 is out of range: it must be a finite number > 0"),
+    ("constraints.refusal_pairs.reward=ipo",
+     r"constraints\.refusal_pairs\.reward='ipo' is not a reward: use one of dpo, simpo"),
+    ("constraints.refusal_pairs.own_answers=both",
+     r"constraints\.refusal_pairs\.own_answers='both': use null .*, rejected or chosen"),
+    ("constraints.refusal_pairs.own_tokens=0",
+     r"constraints\.refusal_pairs\.own_tokens=0 is out of range: it must be an integer >= 1"),
 ])
 def test_bad_pair_settings_fail_before_the_model(tmp_path, monkeypatch, override, message):
     import pdalign.build
@@ -189,3 +195,89 @@ def test_nll_weight_adds_a_likelihood_push_without_changing_g(tmp_path):
     torch.testing.assert_close(grads[2.0] - grads[0.0], torch.tensor([-0.25, -0.5, 0.0, 0.0]))
     with pytest.raises(ValueError, match=r"nll_weight=-1 is out of range"):
         RefusalPairs(nll_weight=-1, **kwargs)
+
+
+def test_simpo_reward_compares_per_token_likelihoods_without_a_reference(tmp_path):
+    """reward=simpo, beta = 2: r = log pi(y|x) / |y|. Pair 1: chosen -6 over 3 tokens (-2),
+    rejected -4 over 4 (-1), gap +1; pair 2: chosen -2 over 2 (-1), rejected -9 over 3 (-3),
+    gap -2. g = (sigmoid(2) + sigmoid(-4)) / 2 = (0.880797 + 0.017986) / 2 = 0.449391.
+    dg/d logp_chosen_i = -beta * s_i (1 - s_i) / (2 |y_i|): -2 * 0.104994 / 6 = -0.034998 and
+    -2 * 0.017663 / 4 = -0.008832. No reference is scored (ref_logps stays None)."""
+    con = RefusalPairs(epsilon=0.2, pairs=str(_pairs_file(tmp_path)), reward="simpo",
+                       batch_size=2)
+    assert con.beta == 2.0  # the simpo default
+    con._batch = [0, 1]
+    logps = torch.tensor([-6.0, -2.0, -4.0, -9.0], requires_grad=True)  # [chosen ; rejected]
+    n_tokens = torch.tensor([3.0, 2.0, 4.0, 3.0])
+    est = con.step_estimate(StepView(batch=None, rows={"refusal_pairs": SequenceLogps(
+        logps=logps, n_tokens=n_tokens)}))
+    assert float(est.value) == pytest.approx(0.449391, abs=1e-6)
+    est.surrogate.backward()
+    assert logps.grad[:2].tolist() == pytest.approx([-0.034998, -0.008832], abs=1e-6)
+    assert logps.grad[2:].tolist() == pytest.approx([0.034998 * 6 / 8, 0.008832 * 4 / 6],
+                                                    abs=1e-6)
+    assert est.stats == pytest.approx({"reward_wanted": -1.5, "reward_bounded": -2.0})
+
+
+def _tiny_policy():
+    model, tok = load_model("tiny")
+    model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    return Policy(model, None, tok, torch.float32, torch.device("cpu"))
+
+
+def test_own_answers_replace_the_bounded_side_with_the_policys_samples(tmp_path):
+    """own_answers=rejected: each pair's compliance becomes the reference policy's own sample
+    for its prompt, the same sample a direct seeded `generate` draws (the tiny model never
+    refuses, so every sample costs 1 and is kept); the refusals stay as shipped; `files` holds
+    exactly the pairs trained on. A detector that calls everything a refusal makes every sample
+    cost 0, which disagrees with the bounded side: no pair changes."""
+    from pdalign.constraints.refusal import PhraseRefusalDetector
+    from pdalign.rollout import generate
+
+    policy = _tiny_policy()
+    con = RefusalPairs(epsilon=0.2, pairs=str(_pairs_file(tmp_path)), own_answers="rejected",
+                       own_tokens=6, reward="simpo", batch_size=2)
+    con.bind(policy, seed=5)
+    prompts = sorted(p["prompt"] for p in PAIRS)
+    direct = generate(policy.model, policy.tokenizer, prompts, max_new_tokens=6,
+                      temperature=1.0, top_p=1.0, batch_size=64, seed=5)
+    own = dict(zip(direct.prompts, direct.responses))
+    assert con.own_kept == 6
+    assert [r.rejected for r in con.pair_rows] == [own[p["prompt"]] for p in PAIRS]
+    assert [r.chosen for r in con.pair_rows] == [p["chosen"] for p in PAIRS]
+    assert con.ref_logps is None  # simpo needs no reference
+    (name, text), = con.files().items()
+    assert name == "refusal_pairs_pairs.jsonl"
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": own[p["prompt"]]}
+        for p in PAIRS]
+
+    everything = RefusalPairs(epsilon=0.2, pairs=str(_pairs_file(tmp_path)),
+                              own_answers="rejected", own_tokens=6, batch_size=2,
+                              detector=PhraseRefusalDetector(patterns=[r"."]))
+    everything.bind(policy, seed=5)
+    assert everything.own_kept == 0
+    assert [r.rejected for r in everything.pair_rows] == [p["rejected"] for p in PAIRS]
+    assert RefusalPairs(epsilon=0.2, pairs=str(_pairs_file(tmp_path))).files() == {}
+
+
+def test_training_writes_the_pairs_built_from_own_answers(tmp_path):
+    """Through train(): the over-refusal pairs' wanted side comes from the policy's samples (the
+    tiny model never refuses, so each is kept) and the run directory holds the pairs trained
+    on, the refusals as shipped."""
+    cfg = compose(tiny_overrides(
+        "method=primal_dual", "constraints=[over_refusal_pairs]", FP32, "train.steps=2",
+        "constraints.over_refusal_pairs.own_answers=chosen",
+        "constraints.over_refusal_pairs.own_tokens=4",
+        "constraints.over_refusal_pairs.reward=simpo", "eval.prompts_per_set=2"))
+    train(cfg, tmp_path / "run")
+    lines = (tmp_path / "run" / "constraints" / "over_refusal_pairs_pairs.jsonl"
+             ).read_text().splitlines()
+    assert len(lines) == 120  # every bundled benign pair, each with its own answer kept
+    shipped = [json.loads(x) for x in open(RefusalPairs(
+        name="o", pairs="over_refusal_pairs", prompts="benign").pairs_path)]
+    written = [json.loads(x) for x in lines]
+    assert [w["rejected"] for w in written] == [s["rejected"] for s in shipped]
+    assert sum(w["chosen"] != s["chosen"] for w, s in zip(written, shipped)) == 120
+    rows = split_records(read_metrics(tmp_path / "run" / "metrics.jsonl"))[0]
+    assert all(math.isfinite(r["g/over_refusal_pairs"]) for r in rows)
