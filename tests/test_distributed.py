@@ -187,5 +187,20 @@ def test_kill_and_resume_on_two_ranks_retraces_the_uninterrupted_run(tmp_path):
     assert a[STEPS]["lambda_next/toxicity"] > 0  # lambda moved: the comparison has teeth
 
 
+def test_shipped_accelerate_configs_and_slurm_script_parse():
+    """The README's recipes: each accelerate config loads with accelerate's own reader and asks
+    for what its name says; the sbatch script is valid bash."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = ROOT / "experiments" / "accelerate"
+    ddp = load_config_from_file(str(folder / "ddp.yaml"))
+    fsdp = load_config_from_file(str(folder / "fsdp.yaml"))
+    assert ddp.distributed_type == DistributedType.MULTI_GPU
+    assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_version"] == 2
+    assert ddp.mixed_precision == fsdp.mixed_precision == "no"  # pdalign picks the precision
+    subprocess.run(["bash", "-n", str(folder / "slurm.sbatch")], check=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
