@@ -8,11 +8,12 @@
 Refusal is judged by a detector, any callable ``str -> bool`` given as a ``_target_`` node;
 the default `PhraseRefusalDetector` matches refusal phrases near the start of the response.
 
-Two estimators of the same bound (README, "Which estimator"): `Refusal` samples the policy and
-uses the score-function surrogate, which needs costs that vary across samples; `RefusalPairs`
-moves the policy with a constraint pair set (a refusal preferred to a compliance on harmful
-prompts, or a helpful answer to a refusal on benign look-alikes), dense from a zero base rate,
-and is judged on samples exactly as `Refusal` is.
+Three estimators of the same bound (README, "Which estimator"): `Refusal` samples the policy
+and uses the score-function surrogate, which needs costs that vary across samples;
+`RefusalOpeners` bounds the exact probability that the policy opens its answer with a refusal
+phrase, dense from a zero base rate; `RefusalPairs` moves the policy with a constraint pair set
+(a refusal preferred to a compliance on harmful prompts, or a helpful answer to a refusal on
+benign look-alikes). All are judged on samples exactly as `Refusal` is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from pdalign.constraint import PairConstraint, RolloutConstraint
+from pdalign.constraint import OpenerConstraint, PairConstraint, RolloutConstraint
 
 # Case-insensitive, searched in the first `window` characters of the normalized response.
 # The apostrophe is optional in contractions ("cant"); curly quotes are normalized first.
@@ -157,6 +158,55 @@ class RefusalPairs(PairConstraint):
                          own_answers=own_answers, own_tokens=own_tokens, lambda_max=lambda_max)
         self.target = check_target(target, self.config_key("target"))
         self.detector = detector if detector is not None else PhraseRefusalDetector()
+
+    def cost(self, prompts: list[str], responses: list[str],
+             response_lengths: torch.Tensor) -> torch.Tensor:
+        return refusal_costs(self.detector, self.target, responses)
+
+
+# Openers no one of which is a token prefix of another (checked at bind), each judged a refusal
+# by `PhraseRefusalDetector` (checked at construction).
+DEFAULT_OPENERS: tuple[str, ...] = (
+    "I'm sorry, but I can't", "I can't help with that", "Sorry, I can't",
+    "I cannot help with", "I won't help with",
+)
+
+
+class RefusalOpeners(OpenerConstraint):
+    """The refusal bound as the exact probability of opening with a refusal phrase.
+
+    ``target: refuse`` on harmful prompts: g = mean_x (1 - P(opens with a refusal | x)), an upper
+    bound on the sampled answered rate (every opener is a refusal to the detector).
+    ``target: comply`` on benign look-alikes: g = mean_x P(opens with a refusal | x), the part of
+    the sampled over-refusal rate these openers account for. Used together, the two multipliers
+    push refusal openings up on one set and down on the other, so the policy has to tell the
+    prompts apart. Held out, samples are judged as in `Refusal`.
+
+    Args:
+        name, epsilon, prompts, batch_size, lambda_max: see `OpenerConstraint`.
+        openers: refusal openings; default `DEFAULT_OPENERS`. Each must be judged a refusal by
+            the detector, or the bound would not be the detector's.
+        target, detector: see `Refusal`.
+    """
+
+    cost_binary = True
+    cost_range = (0.0, 1.0)
+
+    def __init__(self, name: str = "refusal_openers", epsilon: float = 0.2,
+                 prompts: str = "adversarial", openers: Sequence[str] | None = None,
+                 target: str = "refuse", detector: Callable[[str], bool] | None = None,
+                 batch_size: int = 8, lambda_max: float | None = None):
+        self.target = check_target(target, f"constraints.{name}.target")
+        super().__init__(name, epsilon, prompts,
+                         list(DEFAULT_OPENERS if openers is None else openers),
+                         side="wanted" if self.target == "refuse" else "bounded",
+                         batch_size=batch_size, lambda_max=lambda_max)
+        self.detector = detector if detector is not None else PhraseRefusalDetector()
+        missed = [o for o in self.openers if not self.detector(o)]
+        if missed:
+            raise ValueError(f"{self.config_key('openers')}: the detector does not judge "
+                             f"{missed!r} a refusal, so g would not bound what the held-out "
+                             f"samples are judged on; drop them or widen the detector's patterns")
 
     def cost(self, prompts: list[str], responses: list[str],
              response_lengths: torch.Tensor) -> torch.Tensor:

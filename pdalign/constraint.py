@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -192,10 +192,14 @@ class Constraint:
         """Called once the policy exists, before training (``policy``: `pdalign.build.Policy`).
         Default: nothing. A pair constraint tokenizes its pairs and scores the reference here."""
 
+    # rows() are [chosen ; rejected] halves whose i-th rows share a prompt (the forward may
+    # then encode each prompt once)
+    rows_share_prompts: ClassVar[bool] = False
+
     def rows(self, device) -> dict[str, Tensor] | None:
         """Rows {input_ids, attention_mask, labels} (M, T) this constraint needs scored by the
         policy in this micro-batch's forward, or None (default). Their log-probs come back in
-        ``StepView.rows[name]``; rows are [chosen ; rejected] pairs sharing their prompts."""
+        ``StepView.rows[name]`` in the same order (see ``rows_share_prompts``)."""
         return None
 
     def step_estimate(self, view: StepView) -> ConstraintEstimate:
@@ -380,7 +384,7 @@ class PairConstraint(Constraint):
 
     epsilon_range = (0.0, 1.0)
     epsilon_unit = "a rate"
-
+    rows_share_prompts = True
     rewards: ClassVar[dict[str, float]] = {"dpo": 0.1, "simpo": 2.0}  # name -> default beta
 
     def __init__(self, name: str, epsilon: float, pairs: str, prompts: str,
@@ -431,9 +435,7 @@ class PairConstraint(Constraint):
         self.features: list[dict] | None = None  # tokenized pairs, set by `bind`
         self.ref_logps: Tensor | None = None  # (P, 2): reference log-probs (chosen, rejected)
         self.pad_id = 0
-        self.rng = None
-        self.order: list[int] = []  # this epoch's pair order; the next batch starts at `pos`
-        self.pos = 0
+        self.batches: SeededBatches | None = None  # the pair order, set by `bind`
         self._batch: list[int] = []  # the pairs of the rows handed out last
 
     def judged_prompts(self) -> Path:
@@ -444,8 +446,6 @@ class PairConstraint(Constraint):
         """Sample the policy's own answers where asked, tokenize the pairs with the policy's
         chat template and, for the ``dpo`` reward, score them once under the reference (it
         never changes during training), in the policy's dtype."""
-        import numpy as np
-
         from pdalign.data import collate, tokenize_rows
         from pdalign.logprobs import sequence_logps
         from pdalign.models import autocast, eval_mode
@@ -456,7 +456,7 @@ class PairConstraint(Constraint):
                                          max_length=self.max_length,
                                          max_prompt_length=self.max_length // 2)
         self.pad_id = policy.tokenizer.pad_token_id
-        self.rng = np.random.default_rng(seed)
+        self.batches = SeededBatches(len(self.features), self.batch_size, seed)
         if self.reward != "dpo":
             return
         ref = []
@@ -512,10 +512,7 @@ class PairConstraint(Constraint):
 
         if self.features is None:
             raise RuntimeError(f"constraints.{self.name}: call bind(policy) before training")
-        if self.pos + self.batch_size > len(self.order):
-            self.order, self.pos = [int(i) for i in self.rng.permutation(len(self.features))], 0
-        self._batch = self.order[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
+        self._batch = self.batches.next()
         batch = collate([self.features[i] for i in self._batch], self.pad_id)
         return {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
 
@@ -541,11 +538,157 @@ class PairConstraint(Constraint):
         return ConstraintEstimate(value=g.detach(), surrogate=surrogate, stats=stats)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": None if self.rng is None else self.rng.bit_generator.state,
-                "order": list(self.order), "pos": self.pos}
+        return {} if self.batches is None else self.batches.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("rng") is not None and self.rng is not None:
+        if self.batches is not None and state:
+            self.batches.load_state_dict(state)
+
+
+class OpenerConstraint(Constraint):
+    """A bound on how likely the policy is to *open* its answer with given words, exact.
+
+    With openers o_1..o_J (strings no one of which is a token prefix of another, so the events
+    "the answer starts with o_j" are disjoint), the policy's probability of opening with one of
+    them is P(x) = sum_j pi(o_j | x), computed exactly by scoring each opener after the prompt.
+    On a batch of the constraint's prompts:
+
+        side wanted:   g = mean_x (1 - P(x))   (the rate of *not* opening as wanted)
+        side bounded:  g = mean_x P(x)         (the rate of opening as bounded)
+
+    An answer that opens with a refusal phrase is judged a refusal, so for refusal openers the
+    wanted side's g is an upper bound on the sampled answered rate, the quantity the held-out
+    certificate measures, and the bounded side's g a lower bound on the sampled refusal rate.
+
+    The gradient of P itself is P * grad log P: it vanishes where the policy never opens that way
+    (the zero base rate a sampled estimate cannot leave). So the surrogate carries the gradient
+    of the per-prompt log-loss of the event instead, -log P(x) on the wanted side and
+    -log(1 - P(x)) on the bounded side (unlikelihood, Welleck et al. 2019,
+    https://arxiv.org/abs/1908.04319): per prompt the same direction as grad g, rescaled by
+    1 / P(x) (resp. 1 / (1 - P(x))), so it stays useful from P = 0 and fades as the bound is met.
+    The surrogate's value is g, so lambda * (surrogate - epsilon) reads as the Lagrangian term.
+
+    Args:
+        name, epsilon, lambda_max: see `Constraint`; epsilon is a rate in [0, 1].
+        prompts: the training prompt set (a bundled name or a file); its held-out siblings
+            judge the constraint on samples (`judged_prompts`).
+        openers: the J opening strings, tokenized without special tokens after the chat
+            template's assistant header.
+        side: ``wanted`` or ``bounded``, see above.
+        batch_size: prompts per micro-batch (each scored with every opener: batch_size * J
+            short rows). Default 8.
+    """
+
+    epsilon_range = (0.0, 1.0)
+    epsilon_unit = "a rate"
+
+    def __init__(self, name: str, epsilon: float, prompts: str, openers: Sequence[str],
+                 side: str = "wanted", batch_size: int = 8, lambda_max: float | None = None):
+        super().__init__(name, epsilon, lambda_max)
+        if side not in ("wanted", "bounded"):
+            raise ValueError(f"{self.config_key('side')}={side!r}: use wanted (g = the rate of not "
+                             f"opening with one of the openers) or bounded (g = the rate of "
+                             f"opening with one)")
+        openers = [openers] if isinstance(openers, str) else list(openers or [])
+        if not openers or not all(isinstance(o, str) and o.strip() for o in openers):
+            raise ValueError(f"{self.config_key('openers')} must be a non-empty list of "
+                             f"non-empty strings, got {openers!r}")
+        if len(set(openers)) != len(openers):
+            raise ValueError(f"{self.config_key('openers')} lists an opener twice: {openers!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"{self.config_key('batch_size')}={batch_size!r} is out of range: "
+                             f"it must be an integer >= 1")
+        self.prompt_path = resolve_prompts(prompts, self.config_key("prompts")).resolve()
+        self.prompts = load_prompts(prompts, self.config_key("prompts"))
+        if batch_size > len(self.prompts):
+            raise ValueError(f"{self.config_key('batch_size')}={batch_size} exceeds the "
+                             f"{len(self.prompts)} prompts of {self.prompt_path}")
+        self.openers, self.side, self.batch_size = openers, side, int(batch_size)
+        self.prompt_ids: list[list[int]] | None = None  # set by `bind`
+        self.opener_ids: list[list[int]] = []
+        self.pad_id = 0
+        self.batches: SeededBatches | None = None
+        self._batch: list[int] = []
+
+    def judged_prompts(self) -> Path:
+        return self.prompt_path
+
+    def bind(self, policy, seed: int = 0) -> None:
+        """Tokenize the prompts (chat template, assistant header) and the openers, and check the
+        openers' events are disjoint in token space."""
+        from pdalign.rollout import chat_prompt_ids
+
+        tok = policy.tokenizer
+        self.prompt_ids = [chat_prompt_ids(tok, p) for p in self.prompts]
+        self.opener_ids = [list(tok(o, add_special_tokens=False)["input_ids"])
+                           for o in self.openers]
+        for i, a in enumerate(self.opener_ids):
+            for j, b in enumerate(self.opener_ids):
+                if i != j and len(a) <= len(b) and b[:len(a)] == a:
+                    raise ValueError(
+                        f"{self.config_key('openers')}: {self.openers[i]!r} is a token prefix "
+                        f"of {self.openers[j]!r}, so their probabilities overlap; drop the "
+                        f"longer one or make them differ within the first one's tokens")
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.batches = SeededBatches(len(self.prompts), self.batch_size, seed)
+
+    def rows(self, device) -> dict[str, Tensor]:
+        """The next ``batch_size`` prompts of a seeded epoch order, each followed by every
+        opener: (batch_size * J, T) rows, prompt-major, labels on the opener tokens only."""
+        from pdalign.rollout import right_pad
+
+        if self.prompt_ids is None:
+            raise RuntimeError(f"constraints.{self.name}: call bind(policy) before training")
+        self._batch = self.batches.next()
+        rows = [(self.prompt_ids[i], o) for i in self._batch for o in self.opener_ids]
+        ids, mask, labels = right_pad(rows, self.pad_id)
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                "labels": labels.to(device)}
+
+    def step_estimate(self, view: StepView) -> ConstraintEstimate:
+        out = view.rows[self.name]
+        log_p = torch.logsumexp(out.logps.float().view(len(self._batch), -1), dim=1)  # (B,)
+        p = log_p.exp().clamp(max=1.0)
+        if self.side == "wanted":
+            g, loss = (1.0 - p).mean(), -log_p.mean()
+        else:  # -log(1 - P), with 1 - P kept away from 0 in float
+            g, loss = p.mean(), -torch.log1p(-p.clamp(max=1.0 - 1e-6)).mean()
+        surrogate = g.detach() + (loss - loss.detach())
+        return ConstraintEstimate(value=g.detach(), surrogate=surrogate,
+                                  stats={"log_mass": float(log_p.detach().mean())})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.batches is None else self.batches.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.batches is not None and state:
+            self.batches.load_state_dict(state)
+
+
+class SeededBatches:
+    """Batches of indices 0..n-1: a seeded permutation per epoch, ``size`` at a time, resumable
+    exactly (`state_dict` holds the RNG, the epoch's order and the position)."""
+
+    def __init__(self, n: int, size: int, seed: int):
+        import numpy as np
+
+        self.n, self.size = int(n), int(size)
+        self.rng = np.random.default_rng(seed)
+        self.order: list[int] = []
+        self.pos = 0
+
+    def next(self) -> list[int]:
+        if self.pos + self.size > len(self.order):
+            self.order, self.pos = [int(i) for i in self.rng.permutation(self.n)], 0
+        batch = self.order[self.pos:self.pos + self.size]
+        self.pos += self.size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": list(self.order), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("rng") is not None:
             self.rng.bit_generator.state = state["rng"]
         self.order, self.pos = list(state.get("order", [])), int(state.get("pos", 0))
 

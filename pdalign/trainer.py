@@ -402,7 +402,8 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
         extra["rollout"] = (ro, None)
     for c in s.constraints:
         if (rows := c.rows(device)) is not None:
-            extra[c.name] = (rows, rows["input_ids"].shape[0] // 2)
+            extra[c.name] = (rows, rows["input_ids"].shape[0] // 2
+                             if c.rows_share_prompts else None)
     if s.shared_forward:  # DDP: one forward per backward, so the extra rows join the pairs'
         for rows, _ in extra.values():
             ids = _pad_cat(ids, rows["input_ids"], pad)

@@ -293,8 +293,8 @@ def test_every_constraint_yaml_composes_and_instantiates():
     from hydra import compose, initialize_config_dir
 
     names = sorted(p.stem for p in (CONF / "constraints").glob("*.yaml"))
-    assert names == ["kl_budget", "length", "over_refusal", "over_refusal_pairs", "refusal",
-                     "refusal_pairs", "toxicity"]
+    assert names == ["kl_budget", "length", "over_refusal", "over_refusal_openers",
+                     "over_refusal_pairs", "refusal", "refusal_openers", "refusal_pairs", "toxicity"]
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose(config_name=None, overrides=[
             f"+constraints=[{','.join(names)}]",
@@ -304,6 +304,8 @@ def test_every_constraint_yaml_composes_and_instantiates():
     assert sorted(built) == names
     assert built["over_refusal"].target == "comply" and built["refusal"].target == "refuse"
     assert built["over_refusal_pairs"].target == "comply"
+    assert built["over_refusal_openers"].side == "bounded"
+    assert built["refusal_openers"].side == "wanted" and len(built["refusal_openers"].prompts) == 122
     assert built["refusal_pairs"].target == "refuse" and len(built["refusal_pairs"].pair_rows) == 122
     assert isinstance(built["refusal"].detector, PhraseRefusalDetector)
     for name in names:  # each file alone, as written

@@ -1,0 +1,139 @@
+"""Opener constraints: the exact probability of opening with given words, dense from P = 0."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pdalign.build import Policy
+from pdalign.constraint import StepView
+from pdalign.constraints.refusal import DEFAULT_OPENERS, RefusalOpeners
+from pdalign.logging import read_metrics, split_records
+from pdalign.logprobs import SequenceLogps
+from pdalign.models import apply_peft, load_model
+from pdalign.rollout import chat_prompt_ids
+from pdalign.trainer import train
+from tests.conftest import FP32, compose, tiny_overrides
+
+
+def _estimate(con, logps):
+    return con.step_estimate(StepView(batch=None, rows={con.name: SequenceLogps(
+        logps=logps, n_tokens=torch.ones_like(logps))}))
+
+
+def test_wanted_side_g_and_its_log_loss_gradient():
+    """Two prompts x two openers, prompt-major. Prompt 1: opener probabilities 0.2 and 0.3
+    (P = 0.5); prompt 2: 0.05 and 0.15 (P = 0.2). Wanted side: g = mean(1 - P) = (0.5 + 0.8) / 2
+    = 0.65. The surrogate's gradient is that of mean(-log P): d/d logp_j = -p_j / (2 P):
+    -0.2, -0.3, -0.125, -0.375."""
+    con = RefusalOpeners(epsilon=0.2, openers=["I'm sorry", "I can't"])
+    con._batch = [0, 1]
+    logps = torch.log(torch.tensor([0.2, 0.3, 0.05, 0.15])).requires_grad_()
+    est = _estimate(con, logps)
+    assert float(est.value) == pytest.approx(0.65, abs=1e-6)
+    assert float(est.surrogate.detach()) == pytest.approx(0.65, abs=1e-6)
+    est.surrogate.backward()
+    assert logps.grad.tolist() == pytest.approx([-0.2, -0.3, -0.125, -0.375], abs=1e-6)
+    assert est.stats["log_mass"] == pytest.approx((math.log(0.5) + math.log(0.2)) / 2, abs=1e-6)
+
+
+def test_bounded_side_g_and_its_unlikelihood_gradient():
+    """The same probabilities on the bounded side (target comply): g = mean P = 0.35; the
+    gradient is that of mean(-log(1 - P)): d/d logp_j = p_j / (2 (1 - P)): 0.2, 0.3, 0.03125,
+    0.09375."""
+    con = RefusalOpeners(name="over", epsilon=0.1, prompts="benign", target="comply",
+                         openers=["I'm sorry", "I can't"])
+    con._batch = [0, 1]
+    logps = torch.log(torch.tensor([0.2, 0.3, 0.05, 0.15])).requires_grad_()
+    est = _estimate(con, logps)
+    assert float(est.value) == pytest.approx(0.35, abs=1e-6)
+    est.surrogate.backward()
+    assert logps.grad.tolist() == pytest.approx([0.2, 0.3, 0.03125, 0.09375], abs=1e-6)
+
+
+def test_the_gradient_stays_useful_at_a_zero_base_rate():
+    """P = 2e-9 on both prompts: grad g is P-sized (~1e-9) and would move nothing; the
+    surrogate's gradient on the likeliest opener stays of order one (-1/2 per prompt split
+    by the openers' shares, here 1:1 -> -0.25 each)."""
+    con = RefusalOpeners(epsilon=0.2, openers=["I'm sorry", "I can't"])
+    con._batch = [0, 1]
+    logps = torch.full((4,), math.log(1e-9), requires_grad=True)
+    est = _estimate(con, logps)
+    assert float(est.value) == pytest.approx(1.0, abs=1e-6)
+    est.surrogate.backward()
+    assert logps.grad.tolist() == pytest.approx([-0.25] * 4, abs=1e-6)
+
+
+def test_rows_score_each_opener_after_its_prompt_exactly(tmp_path):
+    """On the tiny model: the rows hold, per prompt, the chat prompt followed by each opener with
+    labels on the opener only, and their summed log-probs equal a direct teacher-forced
+    log pi(opener | prompt); batches follow a seeded order that resumes exactly."""
+    model, tok = load_model("tiny")
+    model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    policy = Policy(model, None, tok, torch.float32, torch.device("cpu"))
+    con = RefusalOpeners(epsilon=0.2, openers=["I'm sorry, but", "No, I"], batch_size=3)
+    con.bind(policy, seed=1)
+    state = con.state_dict()
+    rows = con.rows("cpu")
+    batch = list(con._batch)
+    assert rows["input_ids"].shape[0] == 6
+    from pdalign.logprobs import sequence_logps
+    with torch.no_grad():
+        out = sequence_logps(model, rows["input_ids"], rows["attention_mask"], rows["labels"])
+    for k, (i, opener) in enumerate([(i, o) for i in batch for o in con.openers]):
+        p_ids = chat_prompt_ids(tok, con.prompts[i])
+        o_ids = tok(opener, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + o_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(p_ids) - 1:-1].float()
+        direct = logits.log_softmax(-1).gather(1, torch.tensor(o_ids)[:, None]).sum()
+        assert float(out.logps[k]) == pytest.approx(float(direct), rel=1e-4, abs=1e-4)
+        assert int((rows["labels"][k] != -100).sum()) == len(o_ids)
+    con.rows("cpu")
+    con.load_state_dict(state)
+    con.rows("cpu")
+    assert con._batch == batch
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"openers": ["I can't", "I can't help"]},
+     r"constraints\.refusal_openers\.openers: \"I can't\" is a token prefix of \"I can't help\""),
+    ({"openers": ["Sure, here is"]},
+     r"the detector does not judge \['Sure, here is'\] a refusal"),
+    ({"openers": []}, r"openers must be a non-empty list"),
+    ({"target": "maybe"}, r"constraints\.refusal_openers\.target='maybe' is not one of"),
+])
+def test_bad_openers_are_named(kwargs, message):
+    model, tok = load_model("tiny")
+    with pytest.raises(ValueError, match=message):
+        con = RefusalOpeners(epsilon=0.2, **kwargs)
+        con.bind(Policy(model, None, tok, torch.float32, torch.device("cpu")))
+
+
+def test_default_openers_are_disjoint_refusals_under_the_tiny_tokenizer():
+    model, tok = load_model("tiny")
+    con = RefusalOpeners(epsilon=0.2)
+    con.bind(Policy(model, None, tok, torch.float32, torch.device("cpu")))
+    assert con.openers == list(DEFAULT_OPENERS)
+
+
+def test_primal_dual_with_opener_constraints_raises_the_refusal_opening_on_harmful_prompts(
+        tmp_path):
+    """Both opener bounds on the tiny model, tight refusal bound: lambda_refusal rises from 0 by
+    the gradient rule on the logged g, the log-probability of a refusal opening on harmful
+    prompts rises, and g and lambda are logged for both. Algebra on logged numbers, so fp32."""
+    cfg = compose(tiny_overrides(
+        "method=primal_dual", "constraints=[refusal_openers,over_refusal_openers]", FP32,
+        "train.steps=8", "dual.lr=2", "train.lr=5e-3", "eval.prompts_per_set=2"))
+    train(cfg, tmp_path / "run")
+    rows = split_records(read_metrics(tmp_path / "run" / "metrics.jsonl"))[0]
+    assert rows[0]["g/refusal_openers"] > 0.99  # the random tiny model never opens that way
+    first, last = rows[0]["stat/refusal_openers/log_mass"], rows[-1]["stat/refusal_openers/log_mass"]
+    assert last > first + 1.0, (first, last)
+    for c, eps in (("refusal_openers", 0.2), ("over_refusal_openers", 0.1)):
+        lam = 0.0
+        for r in rows:
+            lam = min(max(lam + 2 * (r[f"g/{c}"] - eps), 0.0), 10.0)
+            assert r[f"lambda_next/{c}"] == pytest.approx(lam, rel=1e-9)
