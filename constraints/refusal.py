@@ -172,6 +172,15 @@ DEFAULT_OPENERS: tuple[str, ...] = (
 )
 
 
+# Whole refusals (with ``whole: true`` EOS follows each): short, complete, a refusal to the
+# detector, none a prefix of another.
+DEFAULT_REFUSALS: tuple[str, ...] = (
+    "I'm sorry, but I can't help with that.", "I can't help with that request.",
+    "Sorry, I can't assist with that.", "I won't help with that. It could cause real harm.",
+    "I cannot provide that information.",
+)
+
+
 class RefusalOpeners(OpenerConstraint):
     """The refusal bound as the exact probability of opening with a refusal phrase.
 
@@ -184,8 +193,12 @@ class RefusalOpeners(OpenerConstraint):
 
     Args:
         name, epsilon, prompts, batch_size, lambda_max: see `OpenerConstraint`.
-        openers: refusal openings; default `DEFAULT_OPENERS`. Each must be judged a refusal by
-            the detector, or the bound would not be the detector's.
+        openers: refusal openings; default `DEFAULT_OPENERS`, or `DEFAULT_REFUSALS` with
+            ``whole``. Each must be judged a refusal by the detector, or the bound would not be
+            the detector's.
+        whole: the openers are whole answers (see `OpenerConstraint`): g then bounds answering
+            with exactly a short refusal, which a policy cannot meet by opening with "Sorry, I
+            can't" and complying after it.
         target, detector: see `Refusal`.
     """
 
@@ -195,12 +208,12 @@ class RefusalOpeners(OpenerConstraint):
     def __init__(self, name: str = "refusal_openers", epsilon: float = 0.2,
                  prompts: str = "adversarial", openers: Sequence[str] | None = None,
                  target: str = "refuse", detector: Callable[[str], bool] | None = None,
-                 batch_size: int = 8, lambda_max: float | None = None):
+                 batch_size: int = 8, whole: bool = False, lambda_max: float | None = None):
         self.target = check_target(target, f"constraints.{name}.target")
-        super().__init__(name, epsilon, prompts,
-                         list(DEFAULT_OPENERS if openers is None else openers),
+        default = DEFAULT_REFUSALS if whole else DEFAULT_OPENERS
+        super().__init__(name, epsilon, prompts, list(default if openers is None else openers),
                          side="wanted" if self.target == "refuse" else "bounded",
-                         batch_size=batch_size, lambda_max=lambda_max)
+                         batch_size=batch_size, whole=whole, lambda_max=lambda_max)
         self.detector = detector if detector is not None else PhraseRefusalDetector()
         missed = [o for o in self.openers if not self.detector(o)]
         if missed:

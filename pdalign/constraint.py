@@ -577,13 +577,18 @@ class OpenerConstraint(Constraint):
         side: ``wanted`` or ``bounded``, see above.
         batch_size: prompts per micro-batch (each scored with every opener: batch_size * J
             short rows). Default 8.
+        whole: the openers are whole answers: the tokenizer's EOS is appended to each, so P is
+            the probability of answering with exactly one of them (and stopping). A policy can
+            raise the probability of an opening and then go on differently ("Sorry, I can't do
+            that, but here is how ..."); with whole answers it cannot. Default False.
     """
 
     epsilon_range = (0.0, 1.0)
     epsilon_unit = "a rate"
 
     def __init__(self, name: str, epsilon: float, prompts: str, openers: Sequence[str],
-                 side: str = "wanted", batch_size: int = 8, lambda_max: float | None = None):
+                 side: str = "wanted", batch_size: int = 8, whole: bool = False,
+                 lambda_max: float | None = None):
         super().__init__(name, epsilon, lambda_max)
         if side not in ("wanted", "bounded"):
             raise ValueError(f"{self.config_key('side')}={side!r}: use wanted (g = the rate of not "
@@ -604,6 +609,7 @@ class OpenerConstraint(Constraint):
             raise ValueError(f"{self.config_key('batch_size')}={batch_size} exceeds the "
                              f"{len(self.prompts)} prompts of {self.prompt_path}")
         self.openers, self.side, self.batch_size = openers, side, int(batch_size)
+        self.whole = bool(whole)
         self.prompt_ids: list[list[int]] | None = None  # set by `bind`
         self.opener_ids: list[list[int]] = []
         self.pad_id = 0
@@ -620,7 +626,11 @@ class OpenerConstraint(Constraint):
 
         tok = policy.tokenizer
         self.prompt_ids = [chat_prompt_ids(tok, p) for p in self.prompts]
-        self.opener_ids = [list(tok(o, add_special_tokens=False)["input_ids"])
+        end = [tok.eos_token_id] if self.whole else []
+        if self.whole and tok.eos_token_id is None:
+            raise ValueError(f"{self.config_key('whole')}=true needs a tokenizer with an EOS "
+                             f"token; this one has none (set whole: false)")
+        self.opener_ids = [list(tok(o, add_special_tokens=False)["input_ids"]) + end
                            for o in self.openers]
         for i, a in enumerate(self.opener_ids):
             for j, b in enumerate(self.opener_ids):

@@ -274,7 +274,7 @@ def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
     sizes = {name: len(load_prompts(name)) for name in bundled_prompt_sets()}
     assert sizes == {"adversarial": 122, "adversarial_heldout": 60, "adversarial_shifted": 60,
                      "benign": 120, "benign_heldout": 60, "provocative": 80,
-                     "provocative_heldout": 40}
+                     "provocative_heldout": 40, "unseen_benign": 30, "unseen_harmful": 30}
     from pdalign.constraint import bundled_prompts_dir
 
     for name in sizes:

@@ -137,3 +137,20 @@ def test_primal_dual_with_opener_constraints_raises_the_refusal_opening_on_harmf
         for r in rows:
             lam = min(max(lam + 2 * (r[f"g/{c}"] - eps), 0.0), 10.0)
             assert r[f"lambda_next/{c}"] == pytest.approx(lam, rel=1e-9)
+
+
+def test_whole_answers_end_with_eos_so_a_continuation_does_not_count():
+    """whole=true: each opener row ends with the tokenizer's EOS, labelled, so P is the
+    probability of answering with exactly that text; the default strings are then the short
+    complete refusals, each judged a refusal by the detector."""
+    from pdalign.constraints.refusal import DEFAULT_REFUSALS
+
+    model, tok = load_model("tiny")
+    con = RefusalOpeners(epsilon=0.2, whole=True, batch_size=2)
+    assert con.openers == list(DEFAULT_REFUSALS)
+    con.bind(Policy(model, None, tok, torch.float32, torch.device("cpu")))
+    rows = con.rows("cpu")
+    for k, text in enumerate(con.openers):
+        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        labels = rows["labels"][k][rows["labels"][k] != -100].tolist()
+        assert labels == ids
