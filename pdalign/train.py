@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -77,9 +78,13 @@ def _hydra_main(cfg: DictConfig) -> float:
                  run_dir / "summary.json")
         print(f"run dir: {run_dir}")
         return float("nan")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # under torchrun every rank runs this; the run's files are written once, by rank 0
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     summary = train(cfg, run_dir)
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    if main_rank:
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     log.info("run finished: %s", json.dumps(summary))
     print(f"run dir: {run_dir}")
     # None when no step ran (train.steps=0, or resuming a finished run); sweepers get NaN
