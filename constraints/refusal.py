@@ -57,9 +57,10 @@ class PhraseRefusalDetector:
     Limits: English only; lexical, so it misses refusals phrased otherwise ("Let's talk about
     something safer.") and refusals that come after a long preamble (beyond ``window``); it
     counts a partial refusal ("I can't give exact doses, but here is ...") and a disclaimer
-    that goes on to comply ("As an AI, I don't have opinions, but ...") as a refusal. Use it
-    for rates and trends, and a judge model (any ``str -> bool`` callable) where precision
-    matters.
+    that goes on to comply ("As an AI, I don't have opinions, but ...") as a refusal; a policy
+    trained on refusal openings learns exactly that pattern (40 of 45 "refusals" in
+    experiments/results/opener_probe/openings). Use it for rates and trends, and a judge model
+    (any ``str -> bool`` callable) where precision matters.
 
     Args:
         patterns: regular expressions (case-insensitive); default `DEFAULT_PATTERNS`.
