@@ -1,6 +1,7 @@
 # Run:  .venv/bin/python experiments/bench_step.py --rounds 3 --steps 4 --warmup 1 --threads 2
-#         (the published table: writes results/bench.md and results/bench.json; run it on an idle
-#          machine, every trainer of every round is a fresh process)
+#         (the published table: replaces this CPU kind's section of results/bench.md and its entry
+#          in results/bench.json; run it on an idle machine, every trainer of every round is a
+#          fresh process)
 #       .venv/bin/python experiments/bench_step.py --model tiny --rounds 1 --steps 1
 #         (smoke run on the tiny model; writes to a temp dir, never to results/)
 #       .venv/bin/python experiments/bench_step.py --only dpo,trl_dpo --rounds 1 --steps 2
@@ -24,12 +25,23 @@ TRL's conversational format, which both frameworks read:
   per-step tokens differ; tokens/s and the floor use each trainer's own counted real tokens.
 
 Each run uses ``batch * (warmup + steps)`` rows, so every row is seen exactly once. The
-primal-dual row lists all four built-in constraints (toxicity with ``scorer=profanity_check``,
-refusal, kl_budget, length); toxicity and length are pointed at the adversarial prompt set so one
-rollout (8 prompts x 48 new tokens, every 4 steps) serves all three rollout constraints. Take
-``--steps`` a multiple of 4 so the timed steps hold their share of rollouts (with warm-up 1 and
-steps 4, step 5 samples); a trainer's s/step is the MEAN over its timed steps, which amortizes
-the rollout.
+``primal_dual`` row lists every built-in constraint (each ``conf/constraints/*.yaml``: the
+sampled toxicity with ``scorer=profanity_check``, refusal, over_refusal and length, the batch
+kl_budget, the pair-based refusal_pairs / over_refusal_pairs and the opener-based
+refusal_openers / over_refusal_openers); toxicity and length are pointed at the adversarial
+prompt set so one rollout (8 prompts x 48 new tokens, every 4 steps) serves three sampled
+constraints, and over_refusal keeps its benign set (a second rollout, as a user's run has it).
+``primal_dual_pairs`` and ``primal_dual_openers`` run only the two pair-based or the two
+opener-based constraints: their cost alone. Take ``--steps`` a multiple of 4 so the timed steps
+hold their share of rollouts (with warm-up 1 and steps 4, step 5 samples); a trainer's s/step is
+the MEAN over its timed steps, which amortizes the rollout.
+
+Where results go. ``bench.json`` maps a machine kind to one run's results; ``bench.md`` holds
+one section per kind. The kind is the CPU's (``avx2`` / ``avx512_bf16`` / ``amx``, from its
+flags: `cpu_kind`), or the GPU's name on a CUDA run, so a run replaces its own kind's section and
+entry and leaves the others byte for byte. A ``bench.json`` of the older single-run format is
+read as the section of the kind its CPU capabilities name. ``experiments/bench_scaling.py``
+adds its own sections (``scaling/<kind>``) with this module's machinery.
 
 Timing. Each round runs every trainer once, each in a fresh process (so load time is not a step
 and peak RSS is its own: the child reports VmHWM of /proc/self/status at exit); the order rotates
@@ -58,6 +70,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -75,10 +88,17 @@ CONF_DIR = ROOT / "conf"
 
 MAX_LENGTH = 256  # data.max_length for both frameworks: no row of either set is truncated
 MAX_PROMPT_LENGTH = 128
-CONSTRAINTS = ["toxicity", "refusal", "kl_budget", "length"]
-# Targets of the issue, as (ratio key, upper limit).
-TARGETS = {"dpo_time_vs_trl": 0.7, "orpo_time_vs_trl": 0.7, "dpo_peak_rss_vs_trl": 0.8,
-           "primal_dual_time_vs_dpo": 1.5, "dpo_time_vs_floor": 3.0, "orpo_time_vs_floor": 3.0}
+# Every built-in constraint: a new conf/constraints/*.yaml joins the primal_dual row by itself.
+CONSTRAINTS = sorted(p.stem for p in (CONF_DIR / "constraints").glob("*.yaml"))
+PAIR_CONSTRAINTS = ("refusal_pairs", "over_refusal_pairs")
+OPENER_CONSTRAINTS = ("refusal_openers", "over_refusal_openers")
+FIRST_CONSTRAINTS = ("toxicity", "refusal", "kl_budget", "length")  # the round-one primal_dual row
+# Targets of issue 20 (performance, round two), as (ratio key, upper limit). Each run stores the
+# targets it was held to, so an older section keeps its own.
+TARGETS = {"dpo_time_vs_trl": 0.5, "orpo_time_vs_trl": 0.5, "dpo_peak_rss_vs_trl": 0.6,
+           "primal_dual_time_vs_dpo": 1.3, "dpo_time_vs_floor": 1.3, "orpo_time_vs_floor": 1.3}
+# Kinds of CPU, slowest bf16 first: the order of bench.md's sections.
+CPU_KINDS = ("avx2", "avx512_bf16", "amx")
 
 
 @dataclass(frozen=True)
@@ -92,6 +112,8 @@ class Trainer:
         precompute: reference log-probs computed once before training.
         qlora: nf4 base weights (double quantization) and 8-bit AdamW.
         floor: which floor the row is held against: ``dpo`` | ``orpo`` | ``dpo_precomputed``.
+        extra: further pdalign overrides of this row.
+        constraints: the constraint configs a ``primal_dual`` row trains under.
     """
 
     framework: str
@@ -100,13 +122,16 @@ class Trainer:
     precompute: bool = False
     qlora: bool = False
     floor: str = "dpo"
-    extra: tuple[str, ...] = ()  # further pdalign overrides of this row
+    extra: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()
 
 
 TRAINERS = {
     "dpo": Trainer("pdalign", "dpo"),
     "orpo": Trainer("pdalign", "orpo", floor="orpo"),
-    "primal_dual": Trainer("pdalign", "primal_dual"),
+    "primal_dual": Trainer("pdalign", "primal_dual", constraints=tuple(CONSTRAINTS)),
+    "primal_dual_pairs": Trainer("pdalign", "primal_dual", constraints=PAIR_CONSTRAINTS),
+    "primal_dual_openers": Trainer("pdalign", "primal_dual", constraints=OPENER_CONSTRAINTS),
     "trl_dpo": Trainer("trl", "dpo"),
     "trl_orpo": Trainer("trl", "orpo", floor="orpo"),
     "dpo_precomputed": Trainer("pdalign", "dpo", precompute=True, floor="dpo_precomputed"),
@@ -122,9 +147,14 @@ TRAINERS = {
 # Matmul passes of 2*N*T per step: forward, LoRA backward (~ one forward), reference forward.
 FLOOR_PASSES = {"dpo": 3, "orpo": 2, "dpo_precomputed": 2}
 NOTES = {
-    "primal_dual": "all four constraints; one adversarial rollout every 4 steps serves toxicity "
-                   "(profanity_check), refusal and length; held against the DPO floor (rollouts "
-                   "and rollout rows are not in it)",
+    "primal_dual": f"every built-in constraint ({', '.join(CONSTRAINTS)}); every 4 steps one "
+                   "adversarial rollout serves toxicity (profanity_check), refusal and length, "
+                   "one benign rollout over_refusal; held against the DPO floor (rollouts, pair "
+                   "and opener rows are not in it)",
+    "primal_dual_pairs": f"only the pair-based constraints ({', '.join(PAIR_CONSTRAINTS)}): "
+                         "their forward on top of DPO's",
+    "primal_dual_openers": f"only the opener-based constraints "
+                           f"({', '.join(OPENER_CONSTRAINTS)})",
     "dpo_precomputed": "reference log-probs cached before step 1 (train.precompute_ref_logps)",
     "trl_dpo_precomputed": "precompute_ref_log_probs=True (before step 1)",
     "dpo_quickstart": "variable-length builtin:quickstart rows, padded per batch",
@@ -143,6 +173,8 @@ RATIO_PAIRS = {  # key -> (numerator trainer, denominator trainer, measure)
     "orpo_time_vs_trl": ("orpo", "trl_orpo", "s_per_step"),
     "dpo_peak_rss_vs_trl": ("dpo", "trl_dpo", "peak_rss_mb"),
     "primal_dual_time_vs_dpo": ("primal_dual", "dpo", "s_per_step"),
+    "primal_dual_pairs_time_vs_dpo": ("primal_dual_pairs", "dpo", "s_per_step"),
+    "primal_dual_openers_time_vs_dpo": ("primal_dual_openers", "dpo", "s_per_step"),
 }
 EXTRA_PAIRS = {
     "orpo_peak_rss_vs_trl": ("orpo", "trl_orpo", "peak_rss_mb"),
@@ -186,7 +218,8 @@ def overrides(spec: dict) -> list[str]:
     out = [f"model={'tiny' if spec['model'] == 'tiny' else 'smollm2_135m'}",
            f"peft={'qlora' if spec['qlora'] else 'lora'}", f"method={spec['method']}",
            f"data.train={spec['data_path']}", "data.heldout=null",
-           f"data.max_length={MAX_LENGTH}", f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
+           f"data.max_length={spec.get('max_length', MAX_LENGTH)}",
+           f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
            f"train.steps={spec['warmup'] + spec['steps']}", f"train.batch_size={spec['batch']}",
            "train.grad_accum=1", f"train.threads={spec['threads']}", "train.warmup_steps=0",
            "train.schedule=constant", "train.checkpoint_every=0", "train.dtype=auto",
@@ -194,14 +227,17 @@ def overrides(spec: dict) -> list[str]:
            f"train.ref_cache_dir={spec['work_dir']}/ref_cache", "logging.wandb=false",
            "logging.every=1", "seed=0"]
     if spec["method"] == "primal_dual":
-        # toxicity and length read the adversarial set too, so one rollout serves all three
-        out += [f"constraints=[{','.join(CONSTRAINTS)}]",
-                "constraints.toxicity.scorer=profanity_check",
-                "constraints.toxicity.prompts=adversarial",
-                "constraints.length.prompts=adversarial", "train.rollout_every=4",
-                # below the 8-token held-out budget `pdalign_config` sets (a bound at or above a
-                # budget is a config error); the step's cost does not depend on it
-                "constraints.length.epsilon=6"]
+        # a spec without a list (experiments/profile_step.py's) keeps the first bench's four,
+        # whose one adversarial rollout that profile times
+        names = list(spec["constraints"] if "constraints" in spec else FIRST_CONSTRAINTS)
+        out += [f"constraints=[{','.join(names)}]", "train.rollout_every=4"]
+        if "toxicity" in names:  # offline scorer; the adversarial set shares refusal's rollout
+            out += ["constraints.toxicity.scorer=profanity_check",
+                    "constraints.toxicity.prompts=adversarial"]
+        if "length" in names:
+            # below the 8-token held-out budget `pdalign_config` sets (a bound at or above a
+            # budget is a config error); the step's cost does not depend on it
+            out += ["constraints.length.prompts=adversarial", "constraints.length.epsilon=6"]
     return out + list(spec.get("extra", ()))
 
 
@@ -300,11 +336,11 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def real_tokens(tokenizer, path: Path) -> list[int]:
+def real_tokens(tokenizer, path: Path, max_length: int = MAX_LENGTH) -> list[int]:
     """Real (non-pad) tokens of each pair, chosen + rejected, as pdalign tokenizes ``path``."""
     from pdalign.data import build_dataset
 
-    features, _, _ = build_dataset(tokenizer, str(path), max_length=MAX_LENGTH,
+    features, _, _ = build_dataset(tokenizer, str(path), max_length=max_length,
                                    max_prompt_length=MAX_PROMPT_LENGTH)
     return [2 * f["prompt_len"] + f["chosen_len"] + f["rejected_len"] for f in features]
 
@@ -317,6 +353,15 @@ def matmul_params(model) -> int:
     embed, head = base.get_input_embeddings().weight, base.get_output_embeddings().weight
     total = sum(p.numel() for p in base.parameters())  # a tied head is listed once
     return total - embed.numel() + (head.numel() if head is embed else 0)
+
+
+def model_matmul_params(model: str) -> int:
+    """`matmul_params` of the bench's model: ``embedded`` (SmolLM2-135M) or ``tiny``."""
+    from pdalign.models import EMBEDDED, load_model
+
+    tiny = dict(compose(["model=tiny"]).model.tiny) if model == "tiny" else None
+    loaded, _ = load_model("tiny" if model == "tiny" else EMBEDDED, tiny=tiny)
+    return matmul_params(loaded)
 
 
 def matmul_tflops(dtype, size: int, device: str = "cpu", reps: int = 3) -> float:
@@ -435,7 +480,8 @@ def _child_trl(spec: dict) -> dict:
                 max_steps=int(spec["warmup"] + spec["steps"]), learning_rate=float(cfg.train.lr),
                 lr_scheduler_type="constant", warmup_steps=0,
                 weight_decay=float(cfg.train.weight_decay),
-                max_grad_norm=float(cfg.train.max_grad_norm), max_length=MAX_LENGTH,
+                max_grad_norm=float(cfg.train.max_grad_norm),
+                max_length=int(spec.get("max_length", MAX_LENGTH)),
                 beta=float(cfg.objectives[cfg.method.objective].beta), logging_steps=1,
                 report_to=[], use_cpu=device == "cpu", bf16=dtype == torch.bfloat16, fp16=False,
                 dataloader_num_workers=0, save_strategy="no", disable_dropout=True,
@@ -569,7 +615,7 @@ def measure(result: dict, warmup: int, floor_s_of, fixed_floor: float | None) ->
     s = statistics.mean(times)
     mean_tokens = statistics.mean(tokens) if tokens else None
     floor = fixed_floor if fixed_floor is not None else (
-        floor_s_of(mean_tokens) if mean_tokens else None)
+        floor_s_of(mean_tokens) if mean_tokens and floor_s_of else None)
     return {"s_per_step": s, "step_times_s": times,
             "tokens_per_step": mean_tokens,
             "tokens_per_s": sum(tokens) / sum(times) if tokens else None,
@@ -595,21 +641,134 @@ def _fmt(value, spec: str = ".3g") -> str:
     return "—" if value is None else format(value, spec)
 
 
+# ---- machine kinds and the files that keep one section per kind ------------------------------
+
+def cpu_kind(flags) -> str:
+    """The CPU kind that decides the dtype rule: ``amx`` | ``avx512_bf16`` | ``avx2``.
+
+    Args:
+        flags: the CPU's feature flags, as /proc/cpuinfo's or lscpu's "flags" line (a string) or
+            as a collection of flag names. ``amx_bf16`` makes ``amx``; else ``avx512_bf16`` makes
+            ``avx512_bf16``; anything else is ``avx2`` (the AVX2-only fp32 path, also the name
+            given to an older CPU without AVX2: its dtype rule is the same).
+    """
+    flags = set(flags.split()) if isinstance(flags, str) else set(flags)
+    if "amx_bf16" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else "avx2"
+
+
+def detect_cpu_kind() -> str:
+    """`cpu_kind` of this machine: /proc/cpuinfo's flags, else lscpu's."""
+    from pdalign.models import cpu_flags
+
+    flags = cpu_flags()
+    if not flags:
+        try:
+            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        flags = next((line.split(":", 1)[1].split() for line in out.splitlines()
+                      if line.startswith("Flags:")), [])
+    return cpu_kind(flags)
+
+
+def machine_kind(settings: dict) -> str:
+    """The section a run's results belong to: the GPU's name on a CUDA run, else the CPU kind
+    (read from the capabilities of a run recorded before ``settings.cpu.kind`` existed)."""
+    if settings.get("gpu"):
+        return settings["gpu"]
+    cpu = settings.get("cpu") or {}
+    return cpu.get("kind") or cpu_kind(cpu.get("capabilities") or [])
+
+
+def read_kinds(path: Path) -> dict[str, dict]:
+    """``{kind: results}`` of a bench JSON file; ``{}`` when it does not exist.
+
+    The one parser of bench.json and bench_scaling.json. A file in the older single-run format
+    (its top level holds ``settings``) is one kind's entry, the kind from its own settings: the
+    published AVX2 EPYC run reads as ``{"avx2": ...}``.
+    """
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if "settings" in data:
+        return {machine_kind(data["settings"]): data}
+    return data
+
+
+def write_kind(path: Path, kind: str, results: dict) -> dict[str, dict]:
+    """Replace ``kind``'s entry of the JSON file at ``path`` (atomically); the others stay."""
+    kinds = {**read_kinds(path), kind: results}
+    write_text(path, json.dumps(kinds, indent=2) + "\n")
+    return kinds
+
+
+MARKER = "<!-- bench: {} -->"
+MD_HEAD = """# Step benchmark: pdalign vs TRL
+
+One section per machine kind (CPU: `avx2` / `avx512_bf16` / `amx`, from its flags; or the GPU's
+name), written by `experiments/bench_step.py`; `scaling/<kind>` sections by
+`experiments/bench_scaling.py` (cost against tokens per step and against the number of
+constraints, with fitted slopes). A run replaces only its own section; the numbers behind each are
+the same kind's entry in `bench.json` / `bench_scaling.json`.
+"""
+
+
+def _section_order(key: str) -> tuple:
+    scaling, kind = key.startswith("scaling/"), key.removeprefix("scaling/")
+    rank = CPU_KINDS.index(kind) if kind in CPU_KINDS else len(CPU_KINDS)
+    return scaling, rank, kind
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """The marked sections of a bench.md, ``{key: text}``, each text from its marker line to the
+    next marker (the blank separator line dropped); unmarked text (the head) is not returned."""
+    pattern = re.compile("^" + re.escape(MARKER).replace(r"\{\}", "(.+?)") + "$", re.M)
+    found = list(pattern.finditer(text))
+    sections = {}
+    for m, nxt in zip(found, found[1:] + [None]):
+        body = text[m.start():nxt.start() if nxt else len(text)]
+        sections[m.group(1)] = body.rstrip("\n") + "\n"
+    return sections
+
+
+def section(key: str, body: str) -> str:
+    """One bench.md section: its marker line, then ``body`` ending in one newline."""
+    return MARKER.format(key) + "\n" + body.rstrip("\n") + "\n"
+
+
+def update_markdown(out: Path, sections: dict[str, str]) -> Path:
+    """Replace ``sections`` (``{key: text}``, text from `section`) in ``out/bench.md``; every
+    other section stays byte for byte. A step section that bench.json has but bench.md lacks (a
+    file of the older, unmarked format) is rendered from bench.json first."""
+    path = out / "bench.md"
+    current = split_sections(path.read_text()) if path.is_file() else {}
+    for kind, payload in read_kinds(out / "bench.json").items():
+        if kind not in current:
+            current[kind] = section(kind, markdown(payload))
+    current.update(sections)
+    keys = sorted(current, key=_section_order)
+    write_text(path, MD_HEAD + "\n" + "\n".join(current[k] for k in keys))
+    return path
+
+
 def markdown(payload: dict) -> str:
+    """One kind's bench.md section (without its marker), from its bench.json entry."""
     s, run = payload["settings"], payload["run"]
     cpu = s["cpu"]
     gpu = s.get("gpu")
     host = (f"{cpu['model']} ({', '.join(cpu['capabilities']) or 'no AVX2/AVX512/AMX'}; "
             f"{cpu['logical_cpus']} logical CPUs)")
     lines = [
-        "# Step benchmark: pdalign vs TRL",
+        f"## {machine_kind(s)}: {gpu or cpu['model']}",
         "",
         f"**Machine:** {f'GPU {gpu}, host ' if gpu else ''}{host}, {s['threads']} threads, "
         f"dtype {s['dtype']} "
         f"(train.dtype=auto rule, both frameworks), {s['matmul_tflops']:.3f} TFLOP/s measured "
         f"({payload['floor']['gemm_size']}² GEMM; {payload['floor']['matmul_tflops_end']:.3f} "
         f"at the end). Load average at start / end: "
-        f"{run['loadavg_start']} / {run['loadavg_end']}.",
+        f"{run['loadavg_start']} / {run['loadavg_end']}. Finished {run['finished']}.",
         "",
         f"**Setup:** {s['model']} ({s['n_params'] / 1e6:.1f} M matmul params N), LoRA r=16 α=32 "
         f"q/k/v/o, {run['batch_pairs']} pairs per step, fixed rows of {run['seq_len']} tokens "
@@ -640,16 +799,19 @@ def markdown(payload: dict) -> str:
     for key, t in payload["targets"].items():
         mark = "—" if t["met"] is None else ("met" if t["met"] else "missed")
         lines.append(f"| {key} | {_fmt(t['value'], '.2f')} | ≤ {t['limit']} | {mark} |")
+    for key, value in payload["ratios"].items():  # ratios without a target (pairs, openers)
+        if key not in payload["targets"]:
+            lines.append(f"| {key} | {_fmt(value, '.2f')} | — | — |")
     extra = {k: v for k, v in payload["extra_ratios"].items() if v is not None}
     if extra:
         lines += ["", "Other ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in extra.items()) + "."]
     fl = payload["floor"]
-    lines += ["", "## Floor", "", fl["definition"], "",
+    lines += ["", "### Floor", "", fl["definition"], "",
               "floor_s per step: " + ", ".join(f"{k} {v:.3f} s" for k, v in
                                                payload["floor_s_all"].items()) + ".", ""]
     if run["notes"]:
-        lines += ["## Notes", ""] + [f"- {n}" for n in run["notes"]] + [""]
-    lines += ["## Per round (s/step)", "",
+        lines += ["### Notes", ""] + [f"- {n}" for n in run["notes"]] + [""]
+    lines += ["### Per round (s/step)", "",
               "| trainer | " + " | ".join(f"round {i + 1}" for i in range(run["rounds"])) + " |",
               "|---|" + "---:|" * run["rounds"]]
     for name in payload["trainers"]:
@@ -670,24 +832,92 @@ def trl_available() -> bool:
     return importlib.util.find_spec("trl") is not None
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Arguments every bench mode shares (this script and experiments/bench_scaling.py)."""
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median over them)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per trainer and round")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads of every trainer")
     p.add_argument("--model", choices=["embedded", "tiny"], default="embedded")
-    p.add_argument("--only", default=None, help=f"comma list of trainers: {','.join(TRAINERS)}")
     p.add_argument("--out", default=None, help="output dir (default experiments/results; with "
                                                "--model tiny, a new temp dir)")
+    p.add_argument("--child-timeout", type=float, default=3600, help="seconds per trainer run")
+    p.add_argument("--keep-work", action="store_true", help="keep the temp dir of child runs")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(p)
+    p.add_argument("--only", default=None, help=f"comma list of trainers: {','.join(TRAINERS)}")
     p.add_argument("--batch", type=int, default=4, help="preference pairs per step")
     p.add_argument("--seq-len", type=int, default=160, help="tokens per fixed-set sequence")
     p.add_argument("--gemm", type=int, default=None,
                    help="size of the square GEMM timed (default 3072 on CPU, 8192 on CUDA)")
-    p.add_argument("--child-timeout", type=float, default=3600, help="seconds per trainer run")
-    p.add_argument("--keep-work", action="store_true", help="keep the temp dir of child runs")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """Where a run writes: --out; results/ by default; a temp dir (never results/) for tiny."""
+    if args.model == "tiny":
+        out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pdalign-bench-tiny-"))
+        if out.resolve() == RESULTS.resolve():
+            raise SystemExit("--model tiny must not write experiments/results; give another --out")
+        return out
+    return Path(args.out) if args.out else RESULTS
+
+
+def idle_note() -> list[str]:
+    load = os.getloadavg()[0]
+    if load <= 0.5:
+        return []
+    return [f"the machine was not idle at the start (load average {load:.2f}): other processes "
+            f"shared the CPU, so the timings are noisy"]
+
+
+def run_versions() -> dict[str, str]:
+    from pdalign.manifest import versions
+
+    return {k: v for k, v in versions().items()
+            if k in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate") and v}
+
+
+def child_spec(t: Trainer, *, data_path: Path, args: argparse.Namespace, batch: int,
+               pair_tokens: int | None, max_length: int = MAX_LENGTH) -> dict:
+    """What a child process needs to run trainer ``t`` (its work dir is set per round)."""
+    return {"framework": t.framework, "method": t.method, "qlora": t.qlora,
+            "precompute": t.precompute, "data_path": str(data_path), "model": args.model,
+            "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "batch": batch,
+            "extra": list(t.extra), "constraints": list(t.constraints),
+            "max_length": max_length, "pair_tokens_per_step": pair_tokens}
+
+
+def run_rounds(specs: dict[str, dict], *, rounds: int, warmup: int, timeout: float, work: Path,
+               floors: dict[str, tuple] | None = None) -> list[dict]:
+    """The interleaved discipline: every spec once per round, each in a fresh process, the
+    order rotated by one each round. Returns one ``{name: measure(...)}`` per round.
+
+    Args:
+        specs: ``{name: child_spec(...)}``, run in this order in round 1.
+        floors: ``{name: (floor_s_of(tokens), fixed floor_s or None)}``; absent = no floor.
+    """
+    names = list(specs)
+    out: list[dict] = []
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)] if names else []
+        results = {}
+        for name in order:
+            spec = {**specs[name], "work_dir": str(work / f"r{r}-{name.replace('/', '_')}")}
+            print(f"round {r + 1}/{rounds}: {name}", file=sys.stderr)
+            raw = run_child(name, spec, timeout)
+            floor_s_of, fixed = (floors or {}).get(name, (None, None))
+            results[name] = m = measure(raw, warmup, floor_s_of, fixed)
+            if m.get("s_per_step") is not None:
+                vs = m.get("time_vs_floor")
+                print(f"  {m['s_per_step']:.3f} s/step, {m['peak_rss_mb']:.0f} MB"
+                      + (f", {vs:.2f}x floor" if vs else ""), file=sys.stderr)
+        out.append(results)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -699,25 +929,16 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [n for n in names if n not in TRAINERS]
     if unknown:
         raise SystemExit(f"--only: unknown trainer(s) {unknown}; choose from {list(TRAINERS)}")
-    if args.model == "tiny":
-        out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pdalign-bench-tiny-"))
-        if out.resolve() == RESULTS.resolve():
-            raise SystemExit("--model tiny must not write experiments/results; give another --out")
-    else:
-        out = Path(args.out) if args.out else RESULTS
+    out = output_dir(args)
     if min(args.rounds, args.steps, args.threads, args.batch) < 1 or args.warmup < 0:
         raise SystemExit("--rounds, --steps, --threads, --batch must be >= 1, --warmup >= 0")
 
     import torch
 
-    from pdalign.manifest import cpu_info, versions
-    from pdalign.models import EMBEDDED, load_model, load_tokenizer, resolve_dtype
+    from pdalign.manifest import cpu_info
+    from pdalign.models import EMBEDDED, load_tokenizer, resolve_dtype
 
-    notes = []
-    if os.getloadavg()[0] > 0.5:
-        notes.append(f"the machine was not idle at the start (load average "
-                     f"{os.getloadavg()[0]:.2f}): other processes shared the CPU, so the "
-                     f"timings are noisy")
+    notes = idle_note()
     if not trl_available():
         skipped = [n for n in names if TRAINERS[n].framework == "trl"]
         names = [n for n in names if TRAINERS[n].framework != "trl"]
@@ -741,10 +962,7 @@ def main(argv: list[str] | None = None) -> dict:
     if set(fixed_tokens) != {2 * args.seq_len}:  # chosen + rejected sequence of each pair
         raise RuntimeError(f"fixed rows are not all {args.seq_len} tokens: {set(fixed_tokens)}")
     tokens_per_step = 2 * args.batch * args.seq_len  # B pairs x 2 sequences x seq_len
-    tiny_cfg = compose(["model=tiny"]).model.tiny if args.model == "tiny" else None
-    model, _ = load_model(model_name, tiny=dict(tiny_cfg) if tiny_cfg else None)
-    n_params = matmul_params(model)
-    del model
+    n_params = model_matmul_params(args.model)
     if args.gemm is None:
         args.gemm = 8192 if device == "cuda" else 3072
     tflops = matmul_tflops(dtype, args.gemm, device)
@@ -758,28 +976,15 @@ def main(argv: list[str] | None = None) -> dict:
           f"{ {k: round(v, 3) for k, v in floor_fixed.items()} }", file=sys.stderr)
 
     # ---- interleaved rounds ----------------------------------------------------------------
-    rounds: list[dict] = []
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)] if names else []
-        results = {}
-        for name in order:
-            t = TRAINERS[name]
-            spec = {"framework": t.framework, "method": t.method, "qlora": t.qlora,
-                    "precompute": t.precompute, "data_path": str(data[t.data]),
-                    "model": args.model, "threads": args.threads, "steps": args.steps,
-                    "warmup": args.warmup, "batch": args.batch, "extra": list(t.extra),
-                    "work_dir": str(work / f"r{r}-{name}"),
-                    "pair_tokens_per_step": tokens_per_step if t.data == "fixed" else None}
-            print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
-            raw = run_child(name, spec, args.child_timeout)
-            fixed_floor = floor_fixed[t.floor] if t.data == "fixed" else None
-            results[name] = measure(raw, args.warmup, lambda x, k=t.floor: floor_s(k, x),
-                                    fixed_floor)
-            m = results[name]
-            if m.get("s_per_step") is not None:
-                print(f"  {m['s_per_step']:.3f} s/step, {m['peak_rss_mb']:.0f} MB, "
-                      f"{m['time_vs_floor']:.2f}x floor", file=sys.stderr)
-        rounds.append(results)
+    specs, floors = {}, {}
+    for name in names:
+        t = TRAINERS[name]
+        specs[name] = child_spec(t, data_path=data[t.data], args=args, batch=args.batch,
+                                 pair_tokens=tokens_per_step if t.data == "fixed" else None)
+        floors[name] = (lambda x, k=t.floor: floor_s(k, x),
+                        floor_fixed[t.floor] if t.data == "fixed" else None)
+    rounds = run_rounds(specs, rounds=args.rounds, warmup=args.warmup, timeout=args.child_timeout,
+                        work=work, floors=floors)
 
     tflops_end = matmul_tflops(dtype, args.gemm, device)  # drift check; the floor uses the start
 
@@ -801,7 +1006,7 @@ def main(argv: list[str] | None = None) -> dict:
     targets = {k: {"limit": lim, "value": ratios[k],
                    "met": None if ratios[k] is None else bool(ratios[k] <= lim)}
                for k, lim in TARGETS.items()}
-    if args.steps % 4 and "primal_dual" in names:
+    if args.steps % 4 and any(TRAINERS[n].method == "primal_dual" for n in names):
         notes.append(f"--steps {args.steps} is not a multiple of rollout_every=4: the timed "
                      f"primal_dual steps do not hold exactly one rollout per 4 steps")
     notes.append("TRL: DPOTrainer/ORPOTrainer with peft_config (LoRA as above; reference = "
@@ -812,9 +1017,7 @@ def main(argv: list[str] | None = None) -> dict:
     notes.append("the fixed rows are synthesized from quickstart prompts and answers (content "
                  "does not matter for timing); TRL tokenizes one more token per sequence (the "
                  "template's newline after <|im_end|>)")
-    cpu = cpu_info()
-    vers = {k: v for k, v in versions().items()
-            if k in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate") and v}
+    cpu = {**cpu_info(), "kind": detect_cpu_kind()}
     command = "python experiments/bench_step.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     definition = (
@@ -829,7 +1032,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matmuls and weight gradients, elementwise work, optimizer, rollouts. Fixed rows use "
         "tokens_per_step; quickstart rows use each trainer's own mean real tokens per step.")
     payload = {
-        "ratios": {k: ratios[k] for k in TARGETS},
+        "ratios": {k: ratios[k] for k in [*RATIO_PAIRS, *TARGETS]},
         "floor_s": {"dpo": floor_fixed["dpo"], "orpo": floor_fixed["orpo"]},
         "settings": {"model": model_name, "n_params": n_params, "tokens_per_step": tokens_per_step,
                      "dtype": str(dtype).replace("torch.", ""), "threads": args.threads,
@@ -849,16 +1052,18 @@ def main(argv: list[str] | None = None) -> dict:
                 "warmup": args.warmup, "batch_pairs": args.batch, "seq_len": args.seq_len,
                 "device": device, "loadavg_start": loadavg_start,
                 "loadavg_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": vers,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": run_versions(),
                 "notes": notes},
     }
-    write_text(out / "bench.json", json.dumps(payload, indent=2) + "\n")
-    write_text(out / "bench.md", markdown(payload))
+    kind = machine_kind(payload["settings"])
+    write_kind(out / "bench.json", kind, payload)
+    update_markdown(out, {kind: section(kind, markdown(payload))})
     if not args.keep_work:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}", file=sys.stderr)
+    print(f"wrote the {kind} section of {out / 'bench.md'} and {out / 'bench.json'}",
+          file=sys.stderr)
     return payload
 
 
