@@ -961,6 +961,8 @@ def _fraction(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """``pdalign-report MULTIRUN_DIR [--out DIR] [--window-frac 0.2] [--include-incomplete]``.
 
+    A ``pdalign-iterate`` run dir gets its round table instead (`pdalign.iterative`).
+
     Prints the markdown report and the written paths; exit 2 with one line when no run is found.
     """
     parser = argparse.ArgumentParser(
@@ -975,6 +977,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--include-incomplete", action="store_true",
                         help="also aggregate runs that have no summary.json")
     args = parser.parse_args(argv)
+    from pdalign.iterative import is_iterative_run, write_round_table
+
+    if is_iterative_run(args.multirun_dir):  # a pdalign-iterate run: its table by round
+        path = write_round_table(args.multirun_dir, args.out)
+        print(path.read_text(encoding="utf-8"))
+        print(f"wrote md: {path}\nwrote csv: {path.with_suffix('.csv')}")
+        return 0
     try:
         paths = write_report(args.multirun_dir, args.out, args.window_frac,
                              args.include_incomplete)
