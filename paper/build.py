@@ -13,7 +13,8 @@ Sources, all under experiments/results/:
 - ``bench.json``: step cost against TRL and the matmul floor;
 - ``compare/``: the compare sweep (runs, ``report.csv``, ``paired.csv``, plots) and
   ``base_eval.json``, the held-out evaluation of the untrained model;
-- ``ablation/``: the SmolLM2 dual-rule x lambda-cap runs.
+- ``ablation/``: the SmolLM2 dual-rule x lambda-cap runs;
+- ``iterative/``: the iterative on-policy constrained DPO run (its round files).
 """
 
 from __future__ import annotations
@@ -323,6 +324,49 @@ def ablation_values(sweep: Path) -> dict[str, str]:
     return out
 
 
+def iterative_values(run: Path) -> dict[str, str]:
+    """The iterative on-policy run (``experiments/results/iterative/``, `pdalign-iterate
+    experiment=iterative`): its settings and round table, read through pdalign.iterative's
+    one parser; the direction of the held-out refusal rate is stated from the numbers."""
+    from omegaconf import OmegaConf
+
+    from pdalign.iterative import read_initial, read_rounds
+
+    rounds, initial = read_rounds(run), read_initial(run)
+    # benign over-refusal of the start model and the last policy (iterative_over_refusal.py)
+    over = json.loads((run / "over_refusal.json").read_text())
+    cfg = OmegaConf.load(run / "config.yaml")
+    it = cfg.iterative
+    key = eval_key("refusal", "id", "value")  # the answered rate; refusal rate = 1 - it
+    refused = [1 - initial["eval"][key]] + [1 - r["eval"][key] for r in rounds]
+    eps = rounds[0]["eps"]["refusal"]
+    lines = [f"| start | – | – | – | {refused[0]:.2f} |"]
+    for r, rate in zip(rounds, refused[1:]):
+        lines.append(f"| {r['round']} | {r['lambda']['refusal']:.2f} | "
+                     f"{1 - r['rate']['refusal']:.2f} | {r['n_flipped']} of {r['n_pairs']} | "
+                     f"{rate:.2f} |")
+    if refused[-1] > refused[0]:
+        direction = (f"rose from {refused[0]:.2f} to {refused[-1]:.2f} over the rounds "
+                     f"(bound: at least {1 - eps:.2f})")
+    elif refused[-1] < refused[0]:
+        direction = f"fell from {refused[0]:.2f} to {refused[-1]:.2f}"
+    else:
+        direction = f"stayed at {refused[0]:.2f}"
+    return {"iter_rounds": str(len(rounds)), "iter_K": str(it.samples_per_prompt),
+            "iter_prompts": str(it.prompts_per_round), "iter_steps": str(it.steps_per_round),
+            "iter_tokens": str(it.max_new_tokens), "iter_eval_prompts":
+                str(cfg.eval.prompts_per_set), "iter_dual_lr": _fmt(cfg.dual.lr),
+            "iter_nll": _fmt(cfg.objectives.dpo.nll_weight), "iter_eps": _fmt(eps),
+            "iter_rows": "\n".join(lines), "iter_direction": direction,
+            "iter_flipped": str(sum(r["n_flipped"] for r in rounds)),
+            "iter_pairs": str(sum(r["n_pairs"] for r in rounds)),
+            "iter_lambda_final": _fmt(rounds[-1]["lambda"]["refusal"]),
+            "iter_upper_final": f"{rounds[-1]['eval'][eval_key('refusal', 'id', 'upper')]:.2f}",
+            "iter_answered_final": f"{rounds[-1]['eval'][key]:.2f}",
+            **{f"iter_over_refusal_{k}": f"{v[eval_key('over_refusal', 'id', 'value')]:.2f}"
+               for k, v in zip(("start", "final"), over.values())}}
+
+
 def values(results: Path = RESULTS) -> dict[str, str]:
     """Every placeholder's text, each read from a results file."""
     out = bandit_values(results)
@@ -330,6 +374,7 @@ def values(results: Path = RESULTS) -> dict[str, str]:
     out.update(setup_values(results / "compare"))
     out.update(compare_values(results / "compare"))
     out.update(ablation_values(results / "ablation"))
+    out.update(iterative_values(results / "iterative"))
     return out
 
 
@@ -393,6 +438,18 @@ def check_claims(results: Path = RESULTS) -> None:
         "lambda_next/length")[1][0], "the text says PID reaches the cap a step earlier"
     for run in (pid, capped):  # "no oscillation": λ_KL never falls by more than 0.05 a step
         assert np.diff(run.series("lambda_next/kl_budget")[1]).min() > -0.05, run.name
+    from pdalign.iterative import read_rounds
+
+    for r in read_rounds(results / "iterative"):  # "λ rose in every round that violated ε"
+        if r["rate"]["refusal"] > r["eps"]["refusal"]:
+            assert r["lambda"]["refusal"] > r["lambda_before"]["refusal"], \
+                f"iterative round {r['round']}: the text says λ rose"
+    last = read_rounds(results / "iterative")[-1]
+    assert last["eval"][eval_key("refusal", "id", "pass")] == 0, \
+        "the text says the iterative run's refusal certificate does not pass"
+    over = list(json.loads((results / "iterative" / "over_refusal.json").read_text()).values())
+    key = eval_key("over_refusal", "id", "value")
+    assert over[-1][key] > over[0][key], "the text says over-refusal rose"
     bandit = json.loads((results / "dual_ablation.json").read_text())
     rows = {(r["scenario"], r["rule"], r["eta"], r["lambda_max"]): r for r in bandit["rows"]}
     assert rows["binding", "gradient", 8.0, 10.0]["settle_iter"] is None
