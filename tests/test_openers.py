@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from pdalign.build import Policy
 from pdalign.constraint import StepView
@@ -154,3 +155,25 @@ def test_whole_answers_end_with_eos_so_a_continuation_does_not_count():
         ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         labels = rows["labels"][k][rows["labels"][k] != -100].tolist()
         assert labels == ids
+
+
+def test_shipped_bounded_openings_contain_every_shipped_wanted_refusal():
+    """The two shipped configs as a pair: every whole refusal refusal_openers teaches starts,
+    token for token, with one of over_refusal_openers' openings, so a benign refusal in those
+    words counts in the over-refusal bound (it escaped when it did not)."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF_DIR
+
+    model, tok = load_model("tiny")
+    policy = Policy(model, None, tok, torch.float32, torch.device("cpu"))
+    built = {}
+    for name in ("refusal_openers", "over_refusal_openers"):
+        node = OmegaConf.load(f"{CONF_DIR}/constraints/{name}.yaml")[name]
+        built[name] = instantiate(node)
+        built[name].bind(policy)
+    wanted, bounded = built["refusal_openers"], built["over_refusal_openers"]
+    assert wanted.whole and wanted.side == "wanted"
+    assert not bounded.whole and bounded.side == "bounded"
+    for text, ids in zip(wanted.openers, wanted.opener_ids):
+        assert any(ids[:len(o)] == o for o in bounded.opener_ids), text
