@@ -1,13 +1,15 @@
 """Write a file so that a crash never leaves it half-written: temp file beside it, then rename.
 
 Every result, report, manifest, cache and paper file pdalign writes goes through `atomic_open`;
-a reader sees either the old file or the complete new one. (Checkpoints are directories and
-use the same idea in `pdalign.checkpoint`.)
+a reader sees either the old file or the complete new one; `atomic_dir` does the same for a
+directory (exports, merged policies). (Checkpoints, written by every rank, use the same idea in
+`pdalign.checkpoint`.)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,3 +41,23 @@ def write_text(path: str | Path, text: str) -> None:
     """Atomically replace ``path`` with ``text``."""
     with atomic_open(path) as fh:
         fh.write(text)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A temp directory beside ``path`` to fill; on success it replaces ``path`` (an existing
+    directory there is removed first), on failure it is removed.
+
+    Args:
+        path: the final directory; its parent must exist.
+    """
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +31,7 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pdalign.atomic import atomic_dir
 from pdalign.certificate import certificate, render_certificate
 from pdalign.cli import RUN_CONFIG, UsageError, device_of, locate, step_of
 from pdalign.logging import read_metrics, split_records
@@ -243,8 +242,7 @@ def export(run_dir: Path, ckpt: Path, config: Path, out: Path, *, merge: bool = 
             "saved_dtype": dtype if fmt != "adapter" else None,
             "dequantized_merge": fmt == "merged" and bool(cfg.get("peft")
                                                         and cfg.peft.get("quantize", False))}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model = policy.model
         if fmt != "adapter":
             model = model.to(SAVE_DTYPES[dtype])
@@ -257,12 +255,6 @@ def export(run_dir: Path, ckpt: Path, config: Path, out: Path, *, merge: bool = 
         os.chmod(tmp, 0o755)
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return data
 
 

@@ -54,9 +54,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +65,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from pdalign.atomic import atomic_open, write_text
+from pdalign.atomic import atomic_dir, atomic_open, write_text
 from pdalign.certificate import parse_eval_key, set_order
 from pdalign.config import CONF_DIR as _CONF_PATH
 
@@ -621,16 +619,9 @@ def _save_policy(cfg_round: DictConfig, train_dir: Path, out: Path) -> None:
 
     ckpt = checkpoints(train_dir)[-1] / "model"
     merged = build.load_merged_policy(cfg_round, ckpt, torch.device("cpu"))
-    tmp = Path(tempfile.mkdtemp(prefix=".policy-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         merged.model.save_pretrained(tmp)
         merged.tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _last_eval(train_dir: Path) -> dict[str, float]:

@@ -325,3 +325,23 @@ def test_bad_input_through_the_cli_exits_non_zero_with_the_clear_line(tmp_path, 
     assert re.search(pattern, result.stderr, re.M), result.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_atomic_dir_replaces_whole_or_leaves_the_old_one(tmp_path):
+    """A failure while filling leaves the old directory as it was and no temp dir behind; a
+    success replaces it whole (no file of the old one survives)."""
+    from pdalign.atomic import atomic_dir
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    with atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
