@@ -31,6 +31,9 @@ from pdalign.atomic import write_text
 from pdalign.certificate import eval_key
 from pdalign.report import collect_runs
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+from bench_step import read_kinds  # noqa: E402  (the one parser of bench.json)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
 
@@ -90,17 +93,28 @@ def bandit_values(results: Path) -> dict[str, str]:
     return out
 
 
+# bench.json ratios the paper's cost table quotes, in column order: (key, column header)
+BENCH_COLUMNS = (("dpo_time_vs_trl", "DPO / TRL DPO"), ("orpo_time_vs_trl", "ORPO / TRL ORPO"),
+                 ("dpo_peak_rss_vs_trl", "DPO peak RSS / TRL"),
+                 ("dpo_time_vs_floor", "DPO / floor"),
+                 ("primal_dual_time_vs_dpo", "primal-dual / DPO"),
+                 ("primal_dual_pairs_time_vs_dpo", "pair kind alone / DPO"),
+                 ("primal_dual_openers_time_vs_dpo", "opener kind alone / DPO"))
+
+
 def bench_values(results: Path) -> dict[str, str]:
-    bench = json.loads((results / "bench.json").read_text())
+    kinds = read_kinds(results / "bench.json")  # one entry per machine kind measured
     # the shared-prompt lever was measured alone (rows dpo vs dpo_unshared) in its own run
     share = json.loads((results / "bench_lever_share_prompt.json").read_text())
-    s = bench["settings"]
-    return {"cpu": f"{s['cpu']['model']} ({', '.join(s['cpu']['capabilities'])})",
-            "dtype": s["dtype"], "tflops": _fmt(s["matmul_tflops"], 3),
-            "tflops_end": _fmt(bench["floor"]["matmul_tflops_end"], 3),
-            "dpo_vs_trl": _fmt(bench["ratios"]["dpo_time_vs_trl"], 2),
-            "dpo_vs_floor": _fmt(bench["ratios"]["dpo_time_vs_floor"], 3),
-            "pd_vs_dpo": _fmt(bench["ratios"]["primal_dual_time_vs_dpo"], 3),
+    head = "| machine kind | CPU | dtype | " + " | ".join(h for _, h in BENCH_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * 3 + "---:|" * len(BENCH_COLUMNS)]
+    for kind, bench in kinds.items():
+        s = bench["settings"]
+        cells = [("–" if bench["ratios"].get(k) is None else _fmt(bench["ratios"][k], 3))
+                 for k, _ in BENCH_COLUMNS]
+        lines.append(f"| {kind} | {s['cpu']['model']} | {s['dtype']} | " + " | ".join(cells)
+                     + " |")
+    return {"bench_table": "\n".join(lines), "bench_kinds": ", ".join(kinds),
             "pd_vs_dpo_lever": _fmt(json.loads(
                 (results / "bench_lever_rollout_forward.json").read_text()
             )["ratios"]["primal_dual_time_vs_dpo"], 3),
