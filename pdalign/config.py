@@ -90,7 +90,7 @@ RANGES: dict[str, tuple] = {
     "train.max_grad_norm": ("number", ">= 0", "global gradient-norm clip; 0 = off"),
     "train.optimizer": (OPTIMIZERS, None, "the optimizer; the 8-bit ones need bitsandbytes"),
     "train.threads": ("integer", ">= 0", "torch CPU threads; 0 = torch's default"),
-    "train.share_prompt": ((True, False, "auto"), None, "run each pair's prompt once"),
+    "train.share_prompt": ((True, False, "auto"), None, "run each shared prompt once"),
     "train.precompute_ref_logps": ("boolean", None, "cache reference log-probs on disk"),
     "train.rollout_every": ("integer", ">= 1", "steps between rollouts"),
     "train.rollout.prompts_per_rollout": ("integer", ">= 1", "prompts per set per rollout"),

@@ -192,14 +192,15 @@ class Constraint:
         """Called once the policy exists, before training (``policy``: `pdalign.build.Policy`).
         Default: nothing. A pair constraint tokenizes its pairs and scores the reference here."""
 
-    # rows() are [chosen ; rejected] halves whose i-th rows share a prompt (the forward may
-    # then encode each prompt once)
-    rows_share_prompts: ClassVar[bool] = False
+    # k: rows() are k blocks of M/k rows whose i-th rows share a prompt (block j, row i at
+    # j * M/k + i: [chosen ; rejected] for k = 2), so the forward may encode each prompt once
+    # (`pdalign.logprobs.response_states`); None: the rows share nothing
+    rows_per_prompt: int | None = None
 
     def rows(self, device) -> dict[str, Tensor] | None:
         """Rows {input_ids, attention_mask, labels} (M, T) this constraint needs scored by the
         policy in this micro-batch's forward, or None (default). Their log-probs come back in
-        ``StepView.rows[name]`` in the same order (see ``rows_share_prompts``)."""
+        ``StepView.rows[name]`` in the same order (see ``rows_per_prompt``)."""
         return None
 
     def step_estimate(self, view: StepView) -> ConstraintEstimate:
@@ -384,7 +385,7 @@ class PairConstraint(Constraint):
 
     epsilon_range = (0.0, 1.0)
     epsilon_unit = "a rate"
-    rows_share_prompts = True
+    rows_per_prompt = 2  # [chosen ; rejected]
     rewards: ClassVar[dict[str, float]] = {"dpo": 0.1, "simpo": 2.0}  # name -> default beta
 
     def __init__(self, name: str, epsilon: float, pairs: str, prompts: str,
@@ -609,6 +610,7 @@ class OpenerConstraint(Constraint):
             raise ValueError(f"{self.config_key('batch_size')}={batch_size} exceeds the "
                              f"{len(self.prompts)} prompts of {self.prompt_path}")
         self.openers, self.side, self.batch_size = openers, side, int(batch_size)
+        self.rows_per_prompt = len(openers)  # each prompt's rows: one per opener
         self.whole = bool(whole)
         self.prompt_ids: list[list[int]] | None = None  # set by `bind`
         self.opener_ids: list[list[int]] = []
@@ -644,20 +646,23 @@ class OpenerConstraint(Constraint):
 
     def rows(self, device) -> dict[str, Tensor]:
         """The next ``batch_size`` prompts of a seeded epoch order, each followed by every
-        opener: (batch_size * J, T) rows, prompt-major, labels on the opener tokens only."""
+        opener: (J * batch_size, T) rows, opener-major (row ``j * batch_size + i`` is prompt i
+        with opener j, the block layout the shared-prompt forward reads), labels on the opener
+        tokens only."""
         from pdalign.rollout import right_pad
 
         if self.prompt_ids is None:
             raise RuntimeError(f"constraints.{self.name}: call bind(policy) before training")
         self._batch = self.batches.next()
-        rows = [(self.prompt_ids[i], o) for i in self._batch for o in self.opener_ids]
+        rows = [(self.prompt_ids[i], o) for o in self.opener_ids for i in self._batch]
         ids, mask, labels = right_pad(rows, self.pad_id)
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
                 "labels": labels.to(device)}
 
     def step_estimate(self, view: StepView) -> ConstraintEstimate:
         out = view.rows[self.name]
-        log_p = torch.logsumexp(out.logps.float().view(len(self._batch), -1), dim=1)  # (B,)
+        # (J, B) opener-major, as `rows` lays them out
+        log_p = torch.logsumexp(out.logps.float().view(-1, len(self._batch)), dim=0)  # (B,)
         p = log_p.exp().clamp(max=1.0)
         if self.side == "wanted":
             g, loss = (1.0 - p).mean(), -log_p.mean()

@@ -17,7 +17,9 @@ Chosen and rejected share their prompt. With ``pairs=B`` the prompt runs through
 once per pair, keeping its KV cache (with gradients); chosen and rejected then continue from it
 at their own positions. Causal attention makes this the same computation as two full rows
 (prompt tokens never see the response), minus the prompt's second copy: its decoder FLOPs and
-saved activations, for the policy and again for the reference.
+saved activations, for the policy and again for the reference. ``group=k`` does the same for k
+rows per prompt (an opener constraint's J openers after each of its prompts), in the block
+layout of [chosen ; rejected]: row ``j * pairs + i`` is prompt i's j-th continuation.
 """
 
 from __future__ import annotations
@@ -90,32 +92,39 @@ class ResponseStates:
     n_tokens: torch.Tensor  # (N,) float, response tokens per row
 
 
-def _split_pairs(input_ids, attention_mask, labels, pairs: int):
-    """Prompt rows and response rows of a [chosen ; rejected] batch whose row i and row
-    ``pairs + i`` share their prompt.
+def _split_groups(input_ids, attention_mask, labels, prompts: int, group: int):
+    """Prompt rows and response rows of ``group`` row blocks of ``prompts`` rows each, whose
+    row ``j * prompts + i`` is prompt i's j-th continuation ([chosen ; rejected] for group 2).
 
-    Returns (prompt_ids (P, Tp), prompt_mask, prompt_len (P,), resp_ids (2P, Tr),
-    resp_mask, resp_labels), all right-padded, responses interleaved (chosen 0, rejected 0,
-    chosen 1, ...) to match the prompt cache repeated row by row.
+    Returns (prompt_ids (P, Tp), prompt_mask, prompt_len (P,), resp_ids (kP, Tr), resp_mask,
+    resp_labels, order (kP,)), all right-padded, responses prompt-major (prompt 0's k
+    continuations, then prompt 1's, ...) to match the prompt cache repeated row by row:
+    response row r is batch row ``order[r]``.
     """
     n, width = labels.shape
+    rows = group * prompts
+    if n < rows:
+        raise ValueError(f"sequence_logps(pairs={prompts}, group={group}) needs {rows} rows, "
+                         f"got {n}")
     is_resp = labels != -100
     # labels are -100 on the prompt, then the response, then padding
     first = torch.where(is_resp.any(1), is_resp.float().argmax(1), torch.full_like(labels[:, 0], width))
-    prompt_len = first[:pairs]
-    if not torch.equal(prompt_len, first[pairs:2 * pairs]):
-        raise ValueError("sequence_logps(pairs=...): chosen and rejected rows of a pair have "
-                         "different prompt lengths; pass pairs=None for unrelated rows")
+    prompt_len = first[:prompts]
+    if not torch.equal(first[:rows].view(group, prompts), prompt_len.expand(group, prompts)):
+        raise ValueError(f"sequence_logps(pairs=..., group={group}): rows that should share a "
+                         f"prompt (row i and rows pairs+i, 2*pairs+i, ...) have different "
+                         f"prompt lengths; pass pairs=None for unrelated rows")
     tp = int(prompt_len.max())
     cols = torch.arange(tp, device=labels.device)
     prompt_mask = (cols[None, :] < prompt_len[:, None]).to(attention_mask.dtype)
-    prompt_ids = input_ids[:pairs, :tp] * prompt_mask
-    if not torch.equal(prompt_ids, input_ids[pairs:2 * pairs, :tp] * prompt_mask):
-        raise ValueError("sequence_logps(pairs=...): row i and row pairs+i must share their "
-                         "prompt tokens; pass pairs=None for unrelated rows")
-    order = torch.stack([torch.arange(pairs), torch.arange(pairs) + pairs], 1).reshape(-1)
-    order = order.to(labels.device)
-    resp_len = is_resp[:2 * pairs].sum(1)[order]
+    prompt_ids = input_ids[:prompts, :tp] * prompt_mask
+    if not torch.equal(input_ids[:rows, :tp].view(group, prompts, tp) * prompt_mask,
+                       prompt_ids.expand(group, prompts, tp)):
+        raise ValueError(f"sequence_logps(pairs=..., group={group}): row i and rows pairs+i, "
+                         f"2*pairs+i, ... must share their prompt tokens; pass pairs=None for "
+                         f"unrelated rows")
+    order = torch.arange(rows, device=labels.device).view(group, prompts).t().reshape(-1)
+    resp_len = is_resp[:rows].sum(1)[order]
     tr = int(resp_len.max())
     idx = first[order][:, None] + torch.arange(tr, device=labels.device)[None, :]
     resp_mask = (torch.arange(tr, device=labels.device)[None, :] < resp_len[:, None])
@@ -123,39 +132,40 @@ def _split_pairs(input_ids, attention_mask, labels, pairs: int):
     resp_ids = input_ids[order].gather(1, idx) * resp_mask
     resp_labels = labels[order].gather(1, idx).masked_fill(~resp_mask, -100)
     return (prompt_ids, prompt_mask, prompt_len, resp_ids, resp_mask.to(attention_mask.dtype),
-            resp_labels)
+            resp_labels, order)
 
 
-def _shared_prompt_states(model, input_ids, attention_mask, labels, pairs: int) -> ResponseStates:
-    """Response hidden states of 2·pairs rows with each prompt run once, not twice.
+def _shared_prompt_states(model, input_ids, attention_mask, labels, prompts: int,
+                          group: int = 2) -> ResponseStates:
+    """Response hidden states of ``group * prompts`` rows with each prompt run once, not
+    ``group`` times (layout: `_split_groups`).
 
-    The prompt goes through the decoder once per pair (with its KV cache kept, gradients
-    flowing through it); chosen and rejected continue from that cache at their own
-    positions. Causal attention makes this the same computation as two full rows: prompt
-    tokens never attend to the response. Saves the prompt's share of the decoder's FLOPs and
-    saved activations once for the policy and once for the reference.
+    The prompt goes through the decoder once (with its KV cache kept, gradients flowing
+    through it); each of its continuations goes on from that cache at its own positions.
+    Causal attention makes this the same computation as full rows: prompt tokens never attend
+    to a response. Saves ``group - 1`` copies of the prompt's decoder FLOPs and saved
+    activations, once for the policy and once for the reference.
     """
     decoder, _ = _decoder_and_head(model)
-    p_ids, p_mask, p_len, r_ids, r_mask, r_labels = _split_pairs(
-        input_ids, attention_mask, labels, pairs)
+    p_ids, p_mask, p_len, r_ids, r_mask, r_labels, order = _split_groups(
+        input_ids, attention_mask, labels, prompts, group)
     out = decoder(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
     h_prompt = out.last_hidden_state  # (P, Tp, H)
-    last = h_prompt[torch.arange(pairs, device=p_len.device), p_len - 1]  # (P, H)
-    cols = [last.repeat_interleave(2, dim=0)[:, None]]  # predicts each response's 1st token
+    last = h_prompt[torch.arange(prompts, device=p_len.device), p_len - 1]  # (P, H)
+    cols = [last.repeat_interleave(group, dim=0)[:, None]]  # predicts each response's 1st token
     if r_ids.shape[1] > 1:  # the last response token predicts nothing: not fed
         # transformers 5.24 names it `cache` (argument and output); 5.17's `past_key_values` warns
         cache = out.cache
-        cache.batch_repeat_interleave(2)
+        cache.batch_repeat_interleave(group)
         steps = torch.arange(r_ids.shape[1] - 1, device=p_len.device)
         cont = decoder(input_ids=r_ids[:, :-1],
-                       attention_mask=torch.cat([p_mask.repeat_interleave(2, dim=0),
+                       attention_mask=torch.cat([p_mask.repeat_interleave(group, dim=0),
                                                  r_mask[:, :-1]], dim=1),
-                       position_ids=p_len.repeat_interleave(2)[:, None] + steps[None, :],
+                       position_ids=p_len.repeat_interleave(group)[:, None] + steps[None, :],
                        cache=cache, use_cache=True)
         cols.append(cont.last_hidden_state)
-    h_all = torch.cat(cols, dim=1)  # (2P, Tr, H): column j predicts response token j
-    back = torch.cat([torch.arange(0, 2 * pairs, 2), torch.arange(1, 2 * pairs, 2)])
-    back = back.to(p_len.device)  # interleaved -> [chosen ; rejected]
+    h_all = torch.cat(cols, dim=1)  # (kP, Tr, H): column j predicts response token j
+    back = order.argsort()  # prompt-major -> the batch's row blocks
     h_all, r_labels = h_all[back], r_labels[back]
     mask = r_labels != -100
     return ResponseStates(h_all[mask], r_labels[mask], mask.nonzero(as_tuple=True)[0],
@@ -170,28 +180,31 @@ def _drops_kv_cache(model) -> bool:
                for m in decoder.modules())
 
 
-def response_states(model, input_ids, attention_mask, labels, pairs: int | None = None
-                    ) -> ResponseStates:
+def response_states(model, input_ids, attention_mask, labels, pairs: int | None = None,
+                    group: int = 2) -> ResponseStates:
     """Hidden states predicting every response token of ``labels`` (N, T).
 
     Args:
-        pairs: rows ``i`` and ``pairs + i`` (i < pairs) share a prompt, which then runs once
-            (`_shared_prompt_states`); rows from ``2 * pairs`` on take a plain forward. None:
-            every row a plain forward. Under activation checkpointing in training mode, where
-            transformers drops the KV cache, every row takes a plain forward (same numbers).
+        pairs: the number of prompts P the first ``group * P`` rows share: rows ``i``,
+            ``P + i``, ..., ``(group - 1) * P + i`` (i < P) continue prompt i, which then runs
+            once (`_shared_prompt_states`); rows from ``group * P`` on take a plain forward.
+            None: every row a plain forward. Under activation checkpointing in training mode,
+            where transformers drops the KV cache, every row takes a plain forward (same
+            numbers).
+        group: rows per prompt, k >= 1. Default 2: [chosen ; rejected] pairs.
     """
     n = labels.shape[0]
     if not pairs or _drops_kv_cache(model):
         mask, targets, row = response_positions(labels)
         h = _hidden_states(model, input_ids, attention_mask)[:, :-1][mask]
         return ResponseStates(h, targets, row, mask.sum(1).float())
-    shared = _shared_prompt_states(model, input_ids, attention_mask, labels, pairs)
-    if n == 2 * pairs:
+    shared = _shared_prompt_states(model, input_ids, attention_mask, labels, pairs, group)
+    k = group * pairs
+    if n == k:
         return shared
-    rest = response_states(model, input_ids[2 * pairs:], attention_mask[2 * pairs:],
-                           labels[2 * pairs:])
+    rest = response_states(model, input_ids[k:], attention_mask[k:], labels[k:])
     return ResponseStates(torch.cat([shared.h, rest.h]), torch.cat([shared.targets, rest.targets]),
-                          torch.cat([shared.row, rest.row + 2 * pairs]),
+                          torch.cat([shared.row, rest.row + k]),
                           torch.cat([shared.n_tokens, rest.n_tokens]))
 
 
@@ -367,7 +380,7 @@ def _per_sequence(values: torch.Tensor, row: torch.Tensor, n: int) -> torch.Tens
 
 def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool = False,
                    with_kl: bool = False, ref_model=None, ref_rows: int | None = None,
-                   pairs: int | None = None) -> SequenceLogps:
+                   pairs: int | None = None, group: int = 2) -> SequenceLogps:
     """Summed response log-probs per sequence from one forward (differentiable in the policy).
 
     Args:
@@ -382,21 +395,23 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
         pairs: the first ``2 * pairs`` rows are [chosen ; rejected] of ``pairs`` pairs whose
             prompt is run once per pair (`response_states`); the same numbers as None up to
             float rounding, with less work.
+        group: rows per prompt in that block layout (``group * pairs`` rows). Default 2.
     """
     n = input_ids.shape[0]
     _, head = _decoder_and_head(model)
     weight = head.weight  # (V, H)
     if getattr(head, "bias", None) is not None:
         raise NotImplementedError("LM heads with a bias are not supported by sequence_logps")
-    st = response_states(model, input_ids, attention_mask, labels, pairs)
+    st = response_states(model, input_ids, attention_mask, labels, pairs, group)
     if not (with_ref or with_kl):
         logp, _, _ = token_logprobs(st.h, weight, st.targets)
         return SequenceLogps(_per_sequence(logp, st.row, n), st.n_tokens)
     r = n if ref_rows is None else ref_rows
     m_ref = int(st.n_tokens[:r].sum())  # response tokens of the leading rows come first in (M,)
-    ref_pairs = pairs if pairs and r >= 2 * pairs else None
+    ref_pairs = pairs if pairs and r >= group * pairs else None
     with torch.no_grad(), reference_mode(model, ref_model) as ref:
-        h_ref = response_states(ref, input_ids[:r], attention_mask[:r], labels[:r], ref_pairs).h
+        h_ref = response_states(ref, input_ids[:r], attention_mask[:r], labels[:r], ref_pairs,
+                                group).h
     if with_kl:
         logp_a, ref_logp, kl = token_logprobs(st.h[:m_ref], weight, st.targets[:m_ref], h_ref)
     else:  # reference log-probs alone need no policy-side reference matmuls
@@ -419,15 +434,15 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
 
 @torch.no_grad()
 def reference_logps(model, input_ids, attention_mask, labels, ref_model=None,
-                    pairs: int | None = None) -> torch.Tensor:
+                    pairs: int | None = None, group: int = 2) -> torch.Tensor:
     """Summed reference log-probs per sequence (adapter disabled, or ``ref_model``)  # (N,).
 
     Args:
-        pairs: as in `sequence_logps`: the first 2·pairs rows share prompts pairwise.
+        pairs, group: as in `sequence_logps`: the first group·pairs rows share pairs prompts.
     """
     _, head = _decoder_and_head(model)
     with reference_mode(model, ref_model) as ref:
-        st = response_states(ref, input_ids, attention_mask, labels, pairs)
+        st = response_states(ref, input_ids, attention_mask, labels, pairs, group)
     logp, _, _ = token_logprobs(st.h, head.weight, st.targets)
     return _per_sequence(logp, st.row, input_ids.shape[0])
 

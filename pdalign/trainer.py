@@ -86,10 +86,11 @@ class PolicyForward(torch.nn.Module):
         self._ref = [ref_model]  # a list keeps the frozen copy out of the module tree
 
     def forward(self, input_ids, attention_mask, labels, ref_rows: int = 0, with_kl: bool = False,
-                pairs: int | None = None):
+                pairs: int | None = None, group: int = 2):
         out = sequence_logps(self.model, input_ids, attention_mask, labels,
                              with_ref=ref_rows > 0, with_kl=with_kl and ref_rows > 0,
-                             ref_model=self._ref[0], ref_rows=ref_rows or None, pairs=pairs)
+                             ref_model=self._ref[0], ref_rows=ref_rows or None, pairs=pairs,
+                             group=group)
         return {k: v for k, v in vars(out).items() if v is not None}
 
 
@@ -235,7 +236,7 @@ class Setup:
     precomputed: bool  # reference log-probs come with the batch (train.precompute_ref_logps)
     ref_in_step: bool  # the step runs the reference forward
     needs_kl: bool  # some trained constraint reads the exact KL of the preference rows
-    share_prompt: bool  # each pair's prompt runs once (train.share_prompt)
+    share_prompt: bool  # each pair's (opener rows') prompt runs once (train.share_prompt)
     shared_forward: bool  # rollout rows join the pairs' forward (one forward per backward: DDP)
     warned: set = field(default_factory=set)  # constraints already warned about as stalled
 
@@ -396,14 +397,13 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
     b = batch["index"].shape[0]
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     pad, device = s.policy.tokenizer.pad_token_id, s.policy.device
-    # rows the constraints need scored: {key: (rows, pairs sharing a prompt or None)}
+    # rows the constraints need scored: {key: (rows, rows per shared prompt or None)}
     extra = {}
     if state.rollouts is not None and (ro := state.rollouts.rows(device)) is not None:
         extra["rollout"] = (ro, None)
     for c in s.constraints:
         if (rows := c.rows(device)) is not None:
-            extra[c.name] = (rows, rows["input_ids"].shape[0] // 2
-                             if c.rows_share_prompts else None)
+            extra[c.name] = (rows, c.rows_per_prompt)
     if s.shared_forward:  # DDP: one forward per backward, so the extra rows join the pairs'
         for rows, _ in extra.values():
             ids = _pad_cat(ids, rows["input_ids"], pad)
@@ -430,16 +430,16 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
     if not s.constraints:
         return losses, metrics, [], tokens
     scored, start = {}, 2 * b
-    for key, (rows, pairs) in extra.items():
+    for key, (rows, group) in extra.items():
         n = rows["input_ids"].shape[0]
         if s.shared_forward:
             scored[key] = SequenceLogps(logps=out["logps"][start:start + n],
                                         n_tokens=out["n_tokens"][start:start + n])
             start += n
         else:  # one process: the rows' own forward at their own width
+            share = {"pairs": n // group, "group": group} if s.share_prompt and group else {}
             scored[key] = SequenceLogps(**s.forward(rows["input_ids"], rows["attention_mask"],
-                                                    rows["labels"],
-                                                    pairs=pairs if s.share_prompt else None))
+                                                    rows["labels"], **share))
             tokens += int(rows["attention_mask"].sum())
     rollout = (state.rollouts.estimates(scored.pop("rollout").logps, state.step)
                if "rollout" in scored else {})

@@ -214,7 +214,13 @@ def test_activation_checkpointing_gives_the_same_logps_and_gradients(every):
 def _pair_batch(prompts, chosen, rejected, extra=()):
     """[chosen ; rejected] rows as `pdalign.data.collate` lays them out (right-padded), plus
     ``extra`` (prompt, response) rows that share nothing (rollout rows under DDP)."""
-    seqs = list(zip(prompts, chosen)) + list(zip(prompts, rejected)) + list(extra)
+    return _group_batch(prompts, [chosen, rejected], extra)
+
+
+def _group_batch(prompts, blocks, extra=()):
+    """k blocks of rows, block j holding each prompt followed by its j-th continuation
+    (row ``j * P + i``), right-padded, plus ``extra`` rows that share nothing."""
+    seqs = [(p, r) for block in blocks for p, r in zip(prompts, block)] + list(extra)
     width = max(len(p) + len(r) for p, r in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
@@ -230,6 +236,13 @@ def _pair_batch(prompts, chosen, rejected, extra=()):
 PROMPTS = [[5, 6, 7], [8], [10, 11, 12, 13, 14]]
 CHOSEN = [[20, 21, 22, 23], [24, 25, 26, 27, 28, 29], [30]]
 REJECTED = [[40], [41, 42], [43, 44, 45, 46]]
+
+# four prompts (3, 1, 5, 2 tokens), each with three continuations of 1 to 6 tokens whose
+# lengths differ within a prompt's group; P != k, so the block <-> prompt-major reordering is
+# not its own inverse (it is for a square P = k)
+GROUP_PROMPTS = PROMPTS + [[15, 16]]
+GROUP_BLOCKS = [CHOSEN + [[31, 32, 33]], REJECTED + [[47, 48, 49, 50, 51, 52]],
+                [[53, 54], [55], [56, 57, 58, 59, 60], [61]]]
 
 
 def test_shared_prompt_matches_full_log_softmax_values_and_gradients():
@@ -319,7 +332,8 @@ def test_shared_prompt_refuses_rows_that_do_not_share_a_prompt():
         sequence_logps(model, ids, mask, labels, pairs=3)
 
 
-def test_shared_prompt_under_activation_checkpointing_falls_back_to_full_rows():
+@pytest.mark.parametrize("group", [2, 3])
+def test_shared_prompt_under_activation_checkpointing_falls_back_to_full_rows(group):
     """transformers drops the KV cache in checkpointed layers while training, so the rows run
     whole there: same numbers, and no continuation that silently lost its prompt."""
     from pdalign.models import enable_activation_checkpointing
@@ -329,13 +343,57 @@ def test_shared_prompt_under_activation_checkpointing_falls_back_to_full_rows():
     torch.manual_seed(0)
     model = _lora(model)
     model.train()
-    ids, mask, labels = _pair_batch(PROMPTS, CHOSEN, REJECTED)
-    out = sequence_logps(model, ids, mask, labels, pairs=3)
+    ids, mask, labels = _group_batch(GROUP_PROMPTS, GROUP_BLOCKS[:group])
+    out = sequence_logps(model, ids, mask, labels, pairs=4, group=group)
     logp, _, _, _ = _naive(model, ids, mask, labels)
     torch.testing.assert_close(out.logps, logp, rtol=1e-5, atol=1e-4)
     model.eval()  # no checkpointing in eval mode: the prompt is shared again, same values
-    torch.testing.assert_close(sequence_logps(model, ids, mask, labels, pairs=3).logps, logp,
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(sequence_logps(model, ids, mask, labels, pairs=4,
+                                              group=group).logps, logp, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [2, 3])
+def test_grouped_prompt_matches_full_rows_values_and_gradients(group):
+    """k rows per prompt (an opener constraint's J openers) in the block layout, row j*P + i =
+    prompt i's j-th continuation: log-probs, reference, KL and their gradients equal the full
+    log_softmax of every row. The prompts differ in length (3, 1, 5, 2 tokens), so a row paired
+    with another prompt's cache, or a state handed back to the wrong row, would not match."""
+    model = _lora(build_tiny(V, seed=2))
+    blocks = GROUP_BLOCKS[:group]
+    ids, mask, labels = _group_batch(GROUP_PROMPTS, blocks)
+    out = sequence_logps(model, ids, mask, labels, with_kl=True, pairs=4, group=group)
+    logp, ref, kl, n = _naive(model, ids, mask, labels)
+    assert out.n_tokens.tolist() == n.tolist() == [len(r) for b in blocks for r in b]
+    torch.testing.assert_close(out.logps, logp, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.ref_logps, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    w = torch.linspace(-2.0, 3.0, 4 * group)
+    ours = torch.autograd.grad((w * out.logps).sum() + 3 * out.kl.sum(), params)
+    theirs = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), params)
+    assert any(g.abs().sum() > 0 for g in theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_prompt_runs_each_prompt_once_and_refuses_another_layout():
+    """group=3: the decoder sees the 4 prompts once, then 12 continuations (6 tokens, minus
+    the last, wide), against 12 full rows of 10. The same rows prompt-major (prompt i's
+    continuations at 3i, 3i+1, 3i+2) do not share prompts in the block layout, and are refused
+    rather than misread."""
+    model = _lora(build_tiny(V, seed=0))
+    ids, mask, labels = _group_batch(GROUP_PROMPTS, GROUP_BLOCKS)
+    seen = []
+    embed = model.get_base_model().get_input_embeddings()
+    hook = embed.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    sequence_logps(model, ids, mask, labels, pairs=4, group=3)
+    sequence_logps(model, ids, mask, labels)
+    hook.remove()
+    assert seen == [(4, 5), (12, 5), (12, 10)]
+    prompt_major = torch.arange(12).view(3, 4).t().reshape(-1)
+    with pytest.raises(ValueError, match="different prompt lengths; pass pairs=None"):
+        sequence_logps(model, ids[prompt_major], mask[prompt_major], labels[prompt_major],
+                       pairs=4, group=3)
 
 
 def test_lm_head_chunks_are_larger_on_a_gpu():

@@ -25,33 +25,33 @@ def _estimate(con, logps):
 
 
 def test_wanted_side_g_and_its_log_loss_gradient():
-    """Two prompts x two openers, prompt-major. Prompt 1: opener probabilities 0.2 and 0.3
-    (P = 0.5); prompt 2: 0.05 and 0.15 (P = 0.2). Wanted side: g = mean(1 - P) = (0.5 + 0.8) / 2
-    = 0.65. The surrogate's gradient is that of mean(-log P): d/d logp_j = -p_j / (2 P):
-    -0.2, -0.3, -0.125, -0.375."""
+    """Two prompts x two openers, opener-major (row j * 2 + i: prompt i, opener j). Prompt 1:
+    opener probabilities 0.2 and 0.3 (P = 0.5); prompt 2: 0.05 and 0.15 (P = 0.2). Wanted side:
+    g = mean(1 - P) = (0.5 + 0.8) / 2 = 0.65. The surrogate's gradient is that of mean(-log P):
+    d/d logp_j = -p_j / (2 P): -0.2, -0.125 (opener 1), -0.3, -0.375 (opener 2)."""
     con = RefusalOpeners(epsilon=0.2, openers=["I'm sorry", "I can't"])
     con._batch = [0, 1]
-    logps = torch.log(torch.tensor([0.2, 0.3, 0.05, 0.15])).requires_grad_()
+    logps = torch.log(torch.tensor([0.2, 0.05, 0.3, 0.15])).requires_grad_()
     est = _estimate(con, logps)
     assert float(est.value) == pytest.approx(0.65, abs=1e-6)
     assert float(est.surrogate.detach()) == pytest.approx(0.65, abs=1e-6)
     est.surrogate.backward()
-    assert logps.grad.tolist() == pytest.approx([-0.2, -0.3, -0.125, -0.375], abs=1e-6)
+    assert logps.grad.tolist() == pytest.approx([-0.2, -0.125, -0.3, -0.375], abs=1e-6)
     assert est.stats["log_mass"] == pytest.approx((math.log(0.5) + math.log(0.2)) / 2, abs=1e-6)
 
 
 def test_bounded_side_g_and_its_unlikelihood_gradient():
     """The same probabilities on the bounded side (target comply): g = mean P = 0.35; the
-    gradient is that of mean(-log(1 - P)): d/d logp_j = p_j / (2 (1 - P)): 0.2, 0.3, 0.03125,
-    0.09375."""
+    gradient is that of mean(-log(1 - P)): d/d logp_j = p_j / (2 (1 - P)): 0.2, 0.03125
+    (opener 1), 0.3, 0.09375 (opener 2)."""
     con = RefusalOpeners(name="over", epsilon=0.1, prompts="benign", target="comply",
                          openers=["I'm sorry", "I can't"])
     con._batch = [0, 1]
-    logps = torch.log(torch.tensor([0.2, 0.3, 0.05, 0.15])).requires_grad_()
+    logps = torch.log(torch.tensor([0.2, 0.05, 0.3, 0.15])).requires_grad_()
     est = _estimate(con, logps)
     assert float(est.value) == pytest.approx(0.35, abs=1e-6)
     est.surrogate.backward()
-    assert logps.grad.tolist() == pytest.approx([0.2, 0.3, 0.03125, 0.09375], abs=1e-6)
+    assert logps.grad.tolist() == pytest.approx([0.2, 0.03125, 0.3, 0.09375], abs=1e-6)
 
 
 def test_the_gradient_stays_useful_at_a_zero_base_rate():
@@ -68,8 +68,8 @@ def test_the_gradient_stays_useful_at_a_zero_base_rate():
 
 
 def test_rows_score_each_opener_after_its_prompt_exactly(tmp_path):
-    """On the tiny model: the rows hold, per prompt, the chat prompt followed by each opener with
-    labels on the opener only, and their summed log-probs equal a direct teacher-forced
+    """On the tiny model: the rows hold, per opener, each chat prompt followed by that opener
+    with labels on the opener only, and their summed log-probs equal a direct teacher-forced
     log pi(opener | prompt); batches follow a seeded order that resumes exactly."""
     model, tok = load_model("tiny")
     model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
@@ -83,7 +83,7 @@ def test_rows_score_each_opener_after_its_prompt_exactly(tmp_path):
     from pdalign.logprobs import sequence_logps
     with torch.no_grad():
         out = sequence_logps(model, rows["input_ids"], rows["attention_mask"], rows["labels"])
-    for k, (i, opener) in enumerate([(i, o) for i in batch for o in con.openers]):
+    for k, (i, opener) in enumerate([(i, o) for o in con.openers for i in batch]):
         p_ids = chat_prompt_ids(tok, con.prompts[i])
         o_ids = tok(opener, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([p_ids + o_ids])
@@ -96,6 +96,77 @@ def test_rows_score_each_opener_after_its_prompt_exactly(tmp_path):
     con.load_state_dict(state)
     con.rows("cpu")
     assert con._batch == batch
+
+
+def test_each_prompt_runs_once_for_all_openers_with_the_same_g_and_gradient():
+    """train.share_prompt for opener rows: each prompt runs through the decoder once and its J
+    openers (here 8, 1 and 2 tokens long, so their rows are ragged) continue from its cache.
+    g, the surrogate and its gradient in the adapter equal those of full rows (fp32: two code
+    paths for one number)."""
+    from pdalign.logprobs import sequence_logps
+
+    model, tok = load_model("tiny")
+    model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    gen = torch.Generator().manual_seed(3)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # move the policy away from its reference
+            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    policy = Policy(model, None, tok, torch.float32, torch.device("cpu"))
+    con = RefusalOpeners(epsilon=0.2, openers=["I'm sorry, but I can't", "Sorry", "I cannot"],
+                         batch_size=3)
+    con.bind(policy, seed=2)
+    assert con.rows_per_prompt == 3
+    assert len({len(o) for o in con.opener_ids}) > 1
+    rows = con.rows("cpu")
+    assert len({len(con.prompt_ids[i]) for i in con._batch}) > 1  # prompts of unequal length
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = {}
+    for shared in (True, False):
+        share = {"pairs": 3, "group": 3} if shared else {}
+        out = sequence_logps(model, rows["input_ids"], rows["attention_mask"], rows["labels"],
+                             **share)
+        est = _estimate(con, out.logps)
+        results[shared] = est, torch.autograd.grad(est.surrogate, params)
+    (est, grads), (full, full_grads) = results[True], results[False]
+    assert float(est.value) == pytest.approx(float(full.value), abs=1e-6)
+    assert float(est.surrogate.detach()) == pytest.approx(float(full.surrogate.detach()), abs=1e-6)
+    assert est.stats["log_mass"] == pytest.approx(full.stats["log_mass"], rel=1e-5)
+    assert any(g.abs().sum() > 0 for g in full_grads)
+    for a, b in zip(grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_prompt_trains_opener_constraints_like_full_rows(tmp_path, monkeypatch):
+    """The trainer passes an opener constraint's rows per prompt (J) to the shared forward:
+    with train.share_prompt true and false the run is the same run (g, lambda, the opening's
+    log-mass, equal to float rounding in fp32; step 2 reads step 1's update, so the surrogates'
+    gradients too)."""
+    import pdalign.logprobs
+
+    groups = []
+    original = pdalign.logprobs._shared_prompt_states
+
+    def recording(model, input_ids, attention_mask, labels, prompts, group=2):
+        groups.append(group)
+        return original(model, input_ids, attention_mask, labels, prompts, group)
+
+    monkeypatch.setattr(pdalign.logprobs, "_shared_prompt_states", recording)
+    runs = {}
+    for share in ("true", "false"):
+        cfg = compose(tiny_overrides(
+            "method=primal_dual", "constraints=[refusal_openers,over_refusal_openers]", FP32,
+            "train.steps=2", "dual.lr=2", f"train.share_prompt={share}"))
+        train(cfg, tmp_path / share)
+        runs[share] = split_records(read_metrics(tmp_path / share / "metrics.jsonl"))[0]
+        if share == "true":
+            openers = {len(instantiate(c).openers) for c in cfg.constraints.values()}
+            assert openers == set(groups) - {2}, (openers, groups)  # J per prompt; 2: the pairs
+            groups.clear()
+    assert not groups  # share_prompt=false never takes the shared path
+    for a, b in zip(runs["true"], runs["false"], strict=True):
+        for c in ("refusal_openers", "over_refusal_openers"):
+            for key in (f"g/{c}", f"lambda_next/{c}", f"stat/{c}/log_mass"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -151,10 +222,11 @@ def test_whole_answers_end_with_eos_so_a_continuation_does_not_count():
     assert con.openers == list(DEFAULT_REFUSALS)
     con.bind(Policy(model, None, tok, torch.float32, torch.device("cpu")))
     rows = con.rows("cpu")
-    for k, text in enumerate(con.openers):
+    for j, text in enumerate(con.openers):
         ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        labels = rows["labels"][k][rows["labels"][k] != -100].tolist()
-        assert labels == ids
+        for k in (2 * j, 2 * j + 1):  # opener j after each of the 2 prompts
+            labels = rows["labels"][k][rows["labels"][k] != -100].tolist()
+            assert labels == ids
 
 
 def test_shipped_bounded_openings_contain_every_shipped_wanted_refusal():
