@@ -1,7 +1,7 @@
 # Run:  .venv/bin/python experiments/bench_scaling.py --rounds 3 --steps 4 --warmup 1 --threads 2
 #         (the published table: replaces this CPU kind's scaling section of results/bench.md,
 #          its entry in results/bench_scaling.json, and results/bench_scaling.png; run it on an
-#          idle machine with TRL installed, pip install '.[bench]')
+#          idle machine with TRL installed, pip install -e '.[dev,bench]')
 #       .venv/bin/python experiments/bench_scaling.py --model tiny --rounds 1 --steps 1 \
 #           --tokens 320,640 --seq-len 80 --batch 2 --count-batch 2 --counts 0,1
 #         (smoke run on the tiny model; writes to a temp dir, never to results/)
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     frameworks = list(FRAMEWORKS)
     if not bench.trl_available():
         frameworks = [f for f in frameworks if bench.TRAINERS[f].framework != "trl"]
-        notes.append("TRL is not installed (pip install '.[bench]'); its DPO runs were skipped")
+        notes.append("TRL is not installed (pip install -e '.[dev,bench]'); its DPO runs were skipped")
     loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     model_name = "tiny" if args.model == "tiny" else EMBEDDED
     work = Path(tempfile.mkdtemp(prefix="pdalign-scaling-work-"))

@@ -943,7 +943,7 @@ def main(argv: list[str] | None = None) -> dict:
         skipped = [n for n in names if TRAINERS[n].framework == "trl"]
         names = [n for n in names if TRAINERS[n].framework != "trl"]
         if skipped:
-            notes.append(f"TRL is not installed (pip install '.[bench]'); skipped {skipped}")
+            notes.append(f"TRL is not installed (pip install -e '.[dev,bench]'); skipped {skipped}")
     loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
