@@ -15,8 +15,8 @@ with g_hat. Two kinds:
 A user constraint subclasses one of the two and is selected by ``_target_`` in a YAML file
 under ``conf/constraints/``; nothing else changes. The trainer, the rollout manager and the
 evaluation never test a constraint's kind: they ask the constraint what it needs
-(`Constraint.sampled_prompts`, ``needs_kl``, ``reads_pairs``) and for its step estimate
-(`Constraint.step_estimate`).
+(`Constraint.sampled_prompts`, ``needs_kl``, ``reads_pairs``, ``needs_stop_logps``) and for its
+step estimate (`Constraint.step_estimate`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,21 @@ class ConstraintEstimate:
     value: Tensor  # () detached g_hat
     surrogate: Tensor  # () differentiable, grad surrogate ~ grad g
     stats: dict[str, float] = field(default_factory=dict)  # optional diagnostics to log
+
+
+@dataclass
+class StopLogps:
+    """Where N sampled responses could have stopped, and how likely the policy was to stop there
+    (what a constraint with ``needs_stop_logps`` gets in `RolloutConstraint.estimate`).
+
+    Position s (1-based) of response i is the choice of its s-th token after x, y_<s: stop (a
+    stop/EOS token, giving length s) or continue. Positions 1..lengths[i] hold a sampled choice:
+    every one "continue" except the last where ``stopped[i]``.
+    """
+
+    logps: Tensor  # (N, R) log pi(stop | x, y_<s) in column s - 1, differentiable; 0 past ℓ_i
+    lengths: Tensor  # (N,) long: ℓ_i, response tokens incl. the stop token where one was sampled
+    stopped: Tensor  # (N,) bool: the response ends with a stop token (else it was cut at the cap)
 
 
 @dataclass
@@ -283,6 +298,14 @@ class RolloutConstraint(Constraint):
         self.baseline_momentum = float(baseline_momentum)
         self.baseline: float | None = None  # set when the first rollout is retired
 
+    # What the rollout manager asks. needs_stop_logps: `estimate` also takes the policy's
+    # per-position stop log-probs on the samples (``stops``, `StopLogps`), one more LM-head pass
+    # over the rollout tokens. silent_when_flat: samples that all cost the same give the
+    # surrogate no gradient (true of the score-function surrogate), so such rollouts are
+    # reported as "no signal" (`pdalign.rollout.RolloutManager.signal_stats`, `pdalign.report`).
+    needs_stop_logps: ClassVar[bool] = False
+    silent_when_flat: ClassVar[bool] = True
+
     def sampled_prompts(self) -> Path:
         return self.prompt_path
 
@@ -305,13 +328,16 @@ class RolloutConstraint(Constraint):
         """
         raise NotImplementedError
 
-    def estimate(self, costs: Tensor, logps: Tensor, weights: Tensor) -> ConstraintEstimate:
+    def estimate(self, costs: Tensor, logps: Tensor, weights: Tensor,
+                 stops: StopLogps | None = None) -> ConstraintEstimate:
         """g_hat and the score-function surrogate for this constraint's costs.
 
         Args:
             costs: (N,) detached costs of the samples.
             logps: (N,) log pi(y|x) under the current policy, differentiable.
             weights: (N,) detached clipped importance weights (see `importance_weights`).
+            stops: the samples' per-position stop log-probs, passed only to a constraint that
+                ``needs_stop_logps``; unused here.
         """
         baseline = self.baseline if self.baseline is not None else float(costs.mean())
         return score_function_estimate(costs, logps, weights, baseline)

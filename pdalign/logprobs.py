@@ -25,6 +25,7 @@ layout of [chosen ; rejected]: row ``j * pairs + i`` is prompt i's j-th continua
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -52,6 +53,9 @@ class SequenceLogps:
     n_tokens: torch.Tensor  # (N,) float, response token counts
     kl: torch.Tensor | None = None  # (N,) summed per-token KL(pi || pi_ref), or None
     ref_logps: torch.Tensor | None = None  # (N,) summed log pi_ref(y|x), detached, or None
+    # (N, R) log pi(stop | x, y_<s) at response position s = 1..R (column s - 1), R the longest
+    # response of the rows asked for (`sequence_logps` stop_ids/stop_rows); 0 elsewhere, or None
+    stop_logps: torch.Tensor | None = None
 
     @property
     def mean_logps(self) -> torch.Tensor:  # (N,)
@@ -378,9 +382,33 @@ def _per_sequence(values: torch.Tensor, row: torch.Tensor, n: int) -> torch.Tens
     return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, row, values)
 
 
+def _stop_logps(st: ResponseStates, weight, stop_ids: Sequence[int], rows: tuple[int, int],
+                n: int) -> torch.Tensor:
+    """log pi(stop | x, y_<s) = log sum_{e in stop_ids} pi(e | x, y_<s) at every response
+    position of rows [r0, r1), laid out (n, R) by row and position, R their longest response.
+
+    The hidden states are the ones `response_states` already holds, so this is one more LM-head
+    pass (per stop id) over those rows' response tokens, no decoder pass, differentiable in the
+    policy like the label log-probs (`token_logprobs` with every target set to the stop id).
+    """
+    r0, r1 = rows
+    counts = st.n_tokens.long()  # (N,)
+    a, e = int(counts[:r0].sum()), int(counts[:r1].sum())  # their tokens: a slice of (M,)
+    if e == a:
+        return torch.zeros(n, 0, device=st.h.device)
+    h, row = st.h[a:e], st.row[a:e]  # (m, H), (m,)
+    first = torch.cumsum(counts, 0) - counts  # (N,) index in (M,) of each row's first token
+    pos = torch.arange(a, e, device=row.device) - first[row]  # (m,) 0-based response position
+    per_id = [token_logprobs(h, weight, torch.full_like(row, int(i)))[0] for i in stop_ids]
+    lp = torch.logsumexp(torch.stack(per_id), 0) if len(per_id) > 1 else per_id[0]  # (m,)
+    width = int(counts[r0:r1].max())
+    return torch.zeros(n, width, dtype=lp.dtype, device=lp.device).index_put((row, pos), lp)
+
+
 def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool = False,
                    with_kl: bool = False, ref_model=None, ref_rows: int | None = None,
-                   pairs: int | None = None, group: int = 2) -> SequenceLogps:
+                   pairs: int | None = None, group: int = 2, stop_ids: Sequence[int] = (),
+                   stop_rows: tuple[int, int] | None = None) -> SequenceLogps:
     """Summed response log-probs per sequence from one forward (differentiable in the policy).
 
     Args:
@@ -396,6 +424,11 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
             prompt is run once per pair (`response_states`); the same numbers as None up to
             float rounding, with less work.
         group: rows per prompt in that block layout (``group * pairs`` rows). Default 2.
+        stop_ids: the stop (EOS) token ids; given, also return ``stop_logps``, the policy's
+            log-probability of stopping at every response position (a dense length estimator
+            reads it, `pdalign.constraints.length.Length`). Default none: not computed.
+        stop_rows: (first, end) rows that get ``stop_logps``; the others get zeros. Default:
+            all rows.
     """
     n = input_ids.shape[0]
     _, head = _decoder_and_head(model)
@@ -403,9 +436,10 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
     if getattr(head, "bias", None) is not None:
         raise NotImplementedError("LM heads with a bias are not supported by sequence_logps")
     st = response_states(model, input_ids, attention_mask, labels, pairs, group)
+    stop = _stop_logps(st, weight, stop_ids, stop_rows or (0, n), n) if stop_ids else None
     if not (with_ref or with_kl):
         logp, _, _ = token_logprobs(st.h, weight, st.targets)
-        return SequenceLogps(_per_sequence(logp, st.row, n), st.n_tokens)
+        return SequenceLogps(_per_sequence(logp, st.row, n), st.n_tokens, stop_logps=stop)
     r = n if ref_rows is None else ref_rows
     m_ref = int(st.n_tokens[:r].sum())  # response tokens of the leading rows come first in (M,)
     ref_pairs = pairs if pairs and r >= group * pairs else None
@@ -429,6 +463,7 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
         n_tokens=st.n_tokens,
         kl=None if kl is None else _per_sequence(kl, st.row[:m_ref], n),
         ref_logps=_per_sequence(ref_logp, st.row[:m_ref], n),
+        stop_logps=stop,
     )
 
 

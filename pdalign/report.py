@@ -8,7 +8,8 @@ grouped by method label (``dpo``, ``orpo``, ``primal_dual(dpo)``, ...) and aggre
 What the report reads, and nothing else (keys as the trainer and evaluator log them):
 
 - training records: ``step``, ``lambda/<c>``, ``lambda_next/<c>``, ``g/<c>``, ``eps/<c>``,
-  and for rollout constraints, where logged, ``signal/<c>/{spread,at_budget,flat_rollouts}``
+  and for rollout constraints, where logged,
+  ``signal/<c>/{spread,at_budget,flat_rollouts,silent_when_flat}``
   (`pdalign.rollout.signal_key`; runs without them report as before);
 - evaluation records: ``eval/pref_accuracy`` and ``eval/<c>/<s>/{value,eps,pass,violation}``;
 - ``summary.json``: ``wall_time_s``; ``manifest.json``: ``data_hashes``;
@@ -305,6 +306,10 @@ def signal_health(run: Run, constraint: str, window_frac: float = 0.2
     then has zero gradient whatever λ is. The cost is ĝ at the last step, which equals every
     sample's cost when they are all the same (None when the run is "ok").
 
+    A constraint whose surrogate keeps its gradient when the costs are flat (it said so in
+    training: ``signal/<c>/silent_when_flat`` logged 0, as Length's stop estimator does) is
+    "ok" whatever the spread; runs that never logged the flag are read as silent.
+
     Args:
         run: one run.
         constraint: its name.
@@ -315,6 +320,8 @@ def signal_health(run: Run, constraint: str, window_frac: float = 0.2
     steps, flat = run.series(signal_key(constraint, "flat_rollouts"))
     if not flat.size:
         return None
+    if run.final(signal_key(constraint, "silent_when_flat")) == 0.0:
+        return "ok", None
     rollout_cfg = (run.config.get("train") or {}).get("rollout") or {}
     threshold = int(rollout_cfg.get("no_signal_after") or NO_SIGNAL_AFTER)
     cost = run.final(f"g/{constraint}")
@@ -629,7 +636,9 @@ SIGNAL_LEGEND = """\
 - *signal* (rollout constraints): *no signal* = every sample of the last rollouts cost the \
 same (the logged `signal/<c>/flat_rollouts` reached the warning threshold, or the spread was \
 nil over the λ-health window), so the score-function surrogate has zero gradient and λ_c \
-multiplies nothing; shown as seeds flagged / seeds (in the λ health column too). *at budget*: \
+multiplies nothing; shown as seeds flagged / seeds (in the λ health column too). A dense \
+surrogate (Length with estimator: stop) has a gradient at flat costs and is not flagged. \
+*at budget*: \
 share of rollout samples that used the whole generation budget (train.rollout.max_new_tokens), \
 at the last step (mean over the run in brackets), mean over seeds.
 """

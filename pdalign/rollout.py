@@ -25,6 +25,7 @@ from pdalign.constraint import (
     Constraint,
     ConstraintEstimate,
     RolloutConstraint,
+    StopLogps,
     importance_weights,
 )
 from pdalign.models import eval_mode
@@ -47,8 +48,8 @@ SPREAD_RTOL = 1e-6
 
 def signal_key(constraint: str, field: str) -> str:
     """The metric key of one rollout-signal diagnostic, ``signal/<constraint>/<field>``, fields
-    ``spread``, ``at_budget`` and ``flat_rollouts`` (`RolloutManager.signal_stats` writes them,
-    pdalign.report reads them)."""
+    ``spread``, ``at_budget``, ``flat_rollouts`` and ``silent_when_flat``
+    (`RolloutManager.signal_stats` writes them, pdalign.report reads them)."""
     return f"signal/{constraint}/{field}"
 
 
@@ -189,13 +190,14 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempe
     )
 
 
-LogpsFn = Callable[..., Any]  # (model, input_ids, attention_mask, labels) -> SequenceLogps
+# (model, input_ids, attention_mask, labels[, stop_ids=]) -> SequenceLogps
+LogpsFn = Callable[..., Any]
 
 
-def _default_logps_fn(model, input_ids, attention_mask, labels):
+def _default_logps_fn(model, input_ids, attention_mask, labels, **kwargs):
     from pdalign.logprobs import sequence_logps
 
-    return sequence_logps(model, input_ids, attention_mask, labels)
+    return sequence_logps(model, input_ids, attention_mask, labels, **kwargs)
 
 
 class RolloutManager:
@@ -214,8 +216,10 @@ class RolloutManager:
     1. ``maybe_sample(model, step)`` once, before the micro-batches;
     2. ``rows(device)`` -> {input_ids, attention_mask, labels} (M, T): the rows to append to
        the forward (the same rows for every micro-batch of the step);
-    3. ``estimates(logps)`` -> {name: ConstraintEstimate}, with ``logps`` (M,) the summed
-       response log-probs of those rows from that forward (differentiable).
+    3. ``estimates(logps, stop_logps=...)`` -> {name: ConstraintEstimate}, with ``logps`` (M,)
+       the summed response log-probs of those rows from that forward (differentiable) and,
+       when ``needs_stop_logps``, that forward's per-position stop log-probs of the rows
+       (`pdalign.logprobs.sequence_logps` with ``stop_ids=manager.stop_ids``).
 
     ``step_estimates(model, step)`` does all three with its own forward.
 
@@ -271,6 +275,8 @@ class RolloutManager:
         # last no_signal_after of them, for the warning)
         self.flat_rollouts = {c.name: 0 for c in self.constraints}
         self._flat_costs: dict[str, list[float]] = {c.name: [] for c in self.constraints}
+        # the token ids that end a response (generation's EOS ids), set by `maybe_sample`
+        self.stop_ids: list[int] = []
 
     @property
     def constraints(self) -> list[RolloutConstraint]:
@@ -278,6 +284,12 @@ class RolloutManager:
 
     def __bool__(self) -> bool:
         return bool(self.groups)
+
+    @property
+    def needs_stop_logps(self) -> bool:
+        """True when some constraint's estimate reads the samples' per-position stop log-probs:
+        the scoring forward then computes them (`pdalign.logprobs.sequence_logps` stop_ids)."""
+        return any(c.needs_stop_logps for c in self.constraints)
 
     # ---- sampling ---------------------------------------------------------------------------
 
@@ -328,6 +340,7 @@ class RolloutManager:
             step: the optimizer step.
             device: where `rows` keeps its cached rows; default the model's device.
         """
+        self.stop_ids = sorted(_eos_ids(model, self.tokenizer))  # what `generate` stops on
         uncalibrated = [c.name for c in self.constraints if c.needs_calibration]
         if uncalibrated:
             raise RuntimeError(f"constraints {uncalibrated} set epsilon from a reference rollout: "
@@ -366,7 +379,7 @@ class RolloutManager:
             n = self.flat_rollouts[c.name]
             self._flat_costs[c.name] = (self._flat_costs[c.name] + [float(costs[0])])[
                 -max(self.no_signal_after, 1):]
-            if n == self.no_signal_after:
+            if n == self.no_signal_after and c.silent_when_flat:
                 values = [f"{round(v, 6)!r}" for v in self._flat_costs[c.name]]
                 cost = (f"costs {values[0]}" if len(set(values)) == 1 else
                         f"costs the same ({', '.join(values)} in turn)")
@@ -390,7 +403,10 @@ class RolloutManager:
         - ``signal/<c>/spread``: max - min of their costs (0 = the surrogate has no gradient);
         - ``signal/<c>/at_budget``: share of them at the generation budget (see `_at_budget`);
         - ``signal/<c>/flat_rollouts``: consecutive fresh rollouts with no spread, this one
-          included (`no_spread`); the warning fires when it reaches ``no_signal_after``.
+          included (`no_spread`); the warning fires when it reaches ``no_signal_after``;
+        - ``signal/<c>/silent_when_flat``: 1 when such rollouts leave the constraint's surrogate
+          without gradient (the constraint's ``silent_when_flat``), 0 for a dense surrogate
+          (Length's stop estimator), which gets no warning and is not reported as no signal.
 
         {} before the first `maybe_sample`. On data-parallel ranks each rank has its own.
         """
@@ -405,6 +421,7 @@ class RolloutManager:
                 out[signal_key(c.name, "spread")] = float(costs.max() - costs.min())
                 out[signal_key(c.name, "at_budget")] = at_budget
                 out[signal_key(c.name, "flat_rollouts")] = float(self.flat_rollouts[c.name])
+                out[signal_key(c.name, "silent_when_flat")] = float(c.silent_when_flat)
         return out
 
     def rows(self, device: torch.device | str | None = None, *, cached: bool = True
@@ -427,13 +444,18 @@ class RolloutManager:
         return {"input_ids": cat("input_ids", self.pad_id),
                 "attention_mask": cat("attention_mask", 0), "labels": cat("labels", -100)}
 
-    def estimates(self, logps: Tensor, step: int | None = None) -> dict[str, ConstraintEstimate]:
+    def estimates(self, logps: Tensor, step: int | None = None,
+                  stop_logps: Tensor | None = None) -> dict[str, ConstraintEstimate]:
         """{name: ConstraintEstimate} for every rollout constraint, from the rows' log-probs.
 
         Args:
             logps: (M,) summed response log-probs of `rows` under the current policy,
                 differentiable, in `rows` order.
             step: the optimizer step (informational; the samples' own step decides reuse).
+            stop_logps: (M, R) the rows' per-position log pi(stop | x, y_<s) from the same
+                forward (`pdalign.logprobs.SequenceLogps.stop_logps`, ``stop_ids`` =
+                `stop_ids`); required when `needs_stop_logps`, handed as `StopLogps` to the
+                constraints that need it.
         The first scoring of a rollout records its ``old_logps`` (weights 1 on that step).
         Call it once per micro-batch with that micro-batch's forward: each call returns a full
         estimate, so sum the surrogates into a loss that is averaged over micro-batches.
@@ -441,17 +463,37 @@ class RolloutManager:
         total = sum(len(self.rollouts[key]) for key in self.groups)
         if logps.shape != (total,):
             raise ValueError(f"estimates got {logps.shape[0]} log-probs for {total} rollout rows")
+        if self.needs_stop_logps and (stop_logps is None or stop_logps.shape[0] != total
+                                      or not self.stop_ids):
+            need = [c.name for c in self.constraints if c.needs_stop_logps]
+            raise ValueError(f"constraints {need} need the rollout rows' stop log-probs: pass "
+                             f"stop_logps ({total} rows) from sequence_logps(..., "
+                             f"stop_ids=manager.stop_ids)")
         result, start = {}, 0
         for key, group in self.groups.items():
             rollout = self.rollouts[key]
             lp = logps[start:start + len(rollout)]  # (N,)
+            stops = None if stop_logps is None else self._stops(
+                rollout, stop_logps[start:start + len(rollout)])
             start += len(rollout)
             if rollout.old_logps is None:
                 rollout.old_logps = lp.detach().float().cpu()
             weights = importance_weights(lp, rollout.old_logps.to(lp.device), self.is_clip)
             for c in group:
-                result[c.name] = c.estimate(rollout.costs[c.name], lp, weights)
+                extra = {"stops": stops} if c.needs_stop_logps else {}
+                result[c.name] = c.estimate(rollout.costs[c.name], lp, weights, **extra)
         return result
+
+    def _stops(self, rollout: Rollout, stop_logps: Tensor) -> StopLogps:
+        """The rollout's `StopLogps`: its (N, R) stop log-probs, lengths, and which responses
+        ended on a stop token (the last label of each row, in `stop_ids`)."""
+        lengths = rollout.response_lengths.to(stop_logps.device)  # (N,)
+        labels = rollout.labels.to(stop_logps.device)  # (N, T)
+        last = (labels != -100).long().cumsum(1).argmax(1)  # column of each row's last label
+        last_token = labels.gather(1, last[:, None]).squeeze(1)  # (N,)
+        ids = torch.tensor(self.stop_ids, dtype=last_token.dtype, device=last_token.device)
+        stopped = torch.isin(last_token, ids) & (lengths > 0)
+        return StopLogps(logps=stop_logps, lengths=lengths, stopped=stopped)
 
     def step_estimates(self, model, step: int, logps_fn: LogpsFn | None = None
                        ) -> dict[str, ConstraintEstimate]:
@@ -462,15 +504,17 @@ class RolloutManager:
             model: the policy, in the mode the trainer keeps it (sampling switches to eval).
             step: the optimizer step.
             logps_fn: (model, input_ids, attention_mask, labels) -> SequenceLogps; default
-                `pdalign.logprobs.sequence_logps`.
+                `pdalign.logprobs.sequence_logps`. When `needs_stop_logps` it is also passed
+                ``stop_ids=`` and must return ``stop_logps``.
         """
         if not self.groups:
             return {}
         self.maybe_sample(model, step)
         rows = self.rows(next(model.parameters()).device)
+        stop = {"stop_ids": self.stop_ids} if self.needs_stop_logps else {}
         out = (logps_fn or _default_logps_fn)(model, rows["input_ids"], rows["attention_mask"],
-                                              rows["labels"])
-        return self.estimates(out.logps, step)
+                                              rows["labels"], **stop)
+        return self.estimates(out.logps, step, out.stop_logps if stop else None)
 
     # ---- checkpointing ----------------------------------------------------------------------
 

@@ -86,11 +86,11 @@ class PolicyForward(torch.nn.Module):
         self._ref = [ref_model]  # a list keeps the frozen copy out of the module tree
 
     def forward(self, input_ids, attention_mask, labels, ref_rows: int = 0, with_kl: bool = False,
-                pairs: int | None = None, group: int = 2):
+                pairs: int | None = None, group: int = 2, stop_ids=(), stop_rows=None):
         out = sequence_logps(self.model, input_ids, attention_mask, labels,
                              with_ref=ref_rows > 0, with_kl=with_kl and ref_rows > 0,
                              ref_model=self._ref[0], ref_rows=ref_rows or None, pairs=pairs,
-                             group=group)
+                             group=group, stop_ids=stop_ids, stop_rows=stop_rows)
         return {k: v for k, v in vars(out).items() if v is not None}
 
 
@@ -404,14 +404,22 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
     for c in s.constraints:
         if (rows := c.rows(device)) is not None:
             extra[c.name] = (rows, c.rows_per_prompt)
+    # a rollout constraint may read the policy's stop probabilities along the samples (Length's
+    # stop estimator): the rollout rows' forward then computes them, one more LM-head pass
+    stop_ids = state.rollouts.stop_ids if "rollout" in extra and state.rollouts.needs_stop_logps \
+        else []
+    shared_stop = {}
     if s.shared_forward:  # DDP: one forward per backward, so the extra rows join the pairs'
-        for rows, _ in extra.values():
+        for key, (rows, _) in extra.items():
+            if key == "rollout" and stop_ids:
+                shared_stop = {"stop_ids": stop_ids, "stop_rows": (
+                    ids.shape[0], ids.shape[0] + rows["input_ids"].shape[0])}
             ids = _pad_cat(ids, rows["input_ids"], pad)
             mask = _pad_cat(mask, rows["attention_mask"], 0)
             labels = _pad_cat(labels, rows["labels"], -100)
     out = s.forward(ids, mask, labels, ref_rows=2 * b if s.ref_in_step else 0,
                     with_kl=s.needs_kl,
-                    pairs=b if s.share_prompt else None)
+                    pairs=b if s.share_prompt else None, **shared_stop)
     # the batch's two row blocks: (chosen, rejected) pairs, or KTO's (completion, kl) rows
     first, second = getattr(s.objective, "row_names", ("chosen", "rejected"))
     pref = {f"{first}_logps": out["logps"][:b], f"{second}_logps": out["logps"][b:2 * b],
@@ -433,17 +441,22 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
     for key, (rows, group) in extra.items():
         n = rows["input_ids"].shape[0]
         if s.shared_forward:
-            scored[key] = SequenceLogps(logps=out["logps"][start:start + n],
-                                        n_tokens=out["n_tokens"][start:start + n])
+            fields = ("logps", "n_tokens", "stop_logps") if key == "rollout" and stop_ids \
+                else ("logps", "n_tokens")
+            scored[key] = SequenceLogps(**{k: out[k][start:start + n] for k in fields})
             start += n
         else:  # one process: the rows' own forward at their own width
             share = {"pairs": n // group, "group": group} if s.share_prompt and group else {}
+            if key == "rollout" and stop_ids:
+                share["stop_ids"] = stop_ids
             scored[key] = SequenceLogps(**s.forward(rows["input_ids"], rows["attention_mask"],
                                                     rows["labels"], **share))
             tokens += int(rows["attention_mask"].sum())
-    rollout = (state.rollouts.estimates(scored.pop("rollout").logps, state.step)
-               if "rollout" in scored else {})
-    view = StepView(batch=SequenceLogps(**{k: v[:2 * b] for k, v in out.items()}),
+    sampled = scored.pop("rollout", None)
+    rollout = ({} if sampled is None else
+               state.rollouts.estimates(sampled.logps, state.step, sampled.stop_logps))
+    view = StepView(batch=SequenceLogps(**{k: v[:2 * b] for k, v in out.items()
+                                           if k != "stop_logps"}),
                     rollout=rollout, rows=scored)
     return losses, metrics, [c.step_estimate(view) for c in s.constraints], tokens
 

@@ -53,7 +53,9 @@ def main(out: str, nan_step: int | None = None) -> None:
     cfg = compose(tiny_overrides(
         "method=primal_dual", "constraints=[refusal,kl_budget,length]", "train.steps=4",
         "train.batch_size=2", "train.rollout_every=2", "train.rollout.prompts_per_rollout=2",
-        "train.rollout.max_new_tokens=6", "constraints.length.epsilon=1", "dual.lr=0.1"))
+        "train.rollout.max_new_tokens=6", "constraints.length.epsilon=1", "dual.lr=0.1",
+        # the stop estimator's per-position stop log-probs come from the shared DDP forward
+        "constraints.length.estimator=stop"))
     summary = train(cfg, Path(out) / "run")
     from accelerate import PartialState
 

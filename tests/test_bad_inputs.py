@@ -88,6 +88,11 @@ CASES = {
         None, ["method=primal_dual", "constraints=[kl_budget]",
                "constraints.kl_budget.lambda_max=-1"],
         ValueError, r"constraints\.kl_budget\.lambda_max must be a finite number > 0 or null"),
+    "unknown_length_estimator": (
+        None, ["method=primal_dual", "constraints=[length]", "constraints.length.epsilon=2",
+               "constraints.length.estimator=exact"],
+        ValueError, r"^constraints\.length\.estimator='exact' is not an estimator: use one of "
+                    r"sampled \(.*\); stop \(.*\)$"),
     "rollout_prompt_file_missing": (
         None, ["method=primal_dual", "constraints=[refusal]",
                "constraints.refusal.prompts={tmp}/redteam.jsonl"],

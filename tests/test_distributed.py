@@ -37,6 +37,12 @@ def test_lambda_identical_on_two_ranks(tmp_path):
         assert update["g"] == pytest.approx(mean, rel=1e-6)
     assert ranks[0]["lambda"] == ranks[1]["lambda"]
     assert a[-1]["lambda"][2] > 0  # the length bound of 1 token is violated: lambda moved
+    # length runs its stop estimator (dist_worker), on stop log-probs from the shared forward
+    from pdalign.logging import read_metrics
+
+    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert len(steps) == 4 and all(0 < r["stat/length/stop_prob"] < 1 for r in steps)
+    assert all(r["signal/length/silent_when_flat"] == 0.0 for r in steps)
 
 
 

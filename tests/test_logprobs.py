@@ -403,3 +403,38 @@ def test_lm_head_chunks_are_larger_on_a_gpu():
     assert logprobs._chunk_size(49152) == (1 << 23) // 49152 == 170
     assert logprobs._chunk_size(49152, torch.device("cpu")) == 170
     assert logprobs._chunk_size(49152, torch.device("cuda")) == (1 << 26) // 49152 == 1365
+
+
+# ---- the policy's stop probability at every response position (stop_ids) ---------------------
+
+@pytest.mark.parametrize("pairs", [None, 3], ids=["full_rows", "shared_prompt"])
+@pytest.mark.parametrize("head", ["frozen", "trainable"])
+def test_stop_logps_match_full_log_softmax_for_the_rows_asked(pairs, head):
+    """stop_ids (3, 7) on the two rows after the pairs (rollout rows under DDP): column j of
+    row i is log(p_3 + p_7) at the position predicting response token j + 1, from the full
+    log_softmax; other rows and columns past a response are 0. The two extra rows have 3 and 1
+    response tokens, so R = 3. Values and the gradient of a weighted sum agree, through the
+    fused head (LoRA, frozen head) and the generic one (every parameter trainable)."""
+    model = _lora(build_tiny(V, seed=4)) if head == "frozen" else build_tiny(V, seed=4)
+    extra = [([50, 51], [60, 61, 62]), ([52, 53, 54, 55, 56, 57], [63])]
+    ids, mask, labels = _pair_batch(PROMPTS, CHOSEN, REJECTED, extra)
+    out = sequence_logps(model, ids, mask, labels, pairs=pairs, stop_ids=[3, 7],
+                         stop_rows=(6, 8))
+    lp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+    stop = lp[..., [3, 7]].logsumexp(-1)  # (N, T-1)
+    want = torch.zeros(8, 3)
+    want[6, :3] = stop[6, 1:4]  # prompt of 2: positions 1, 2, 3 predict the response tokens
+    want[7, :1] = stop[7, 5:6]  # prompt of 6
+    assert out.stop_logps.shape == (8, 3)
+    torch.testing.assert_close(out.stop_logps, want, rtol=1e-5, atol=1e-5)
+    assert (out.stop_logps[6] < 0).all() and out.stop_logps[7, 1:].tolist() == [0.0, 0.0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    w = torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.0, 0.0]])
+    ours = torch.autograd.grad((w * out.stop_logps[6:]).sum(), params, allow_unused=True)
+    theirs = torch.autograd.grad((w * want[6:]).sum(), params, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a if a is not None else torch.zeros_like(b),
+                                   b if b is not None else torch.zeros_like(a),
+                                   rtol=1e-4, atol=1e-5)
+    assert sequence_logps(model, ids, mask, labels).stop_logps is None  # not asked: not computed

@@ -85,9 +85,9 @@ def test_constant_cost_warns_once_after_no_signal_after_rollouts(tiny, prompt_fi
     at_budget = sum(int(n) >= 3 for n in rollout.response_lengths) / 3
     assert manager.signal_stats() == pytest.approx({
         "signal/scripted/spread": 0.0, "signal/scripted/at_budget": at_budget,
-        "signal/scripted/flat_rollouts": 5.0,
+        "signal/scripted/flat_rollouts": 5.0, "signal/scripted/silent_when_flat": 1.0,
         "signal/varied/spread": 2.0, "signal/varied/at_budget": at_budget,
-        "signal/varied/flat_rollouts": 0.0})
+        "signal/varied/flat_rollouts": 0.0, "signal/varied/silent_when_flat": 1.0})
 
 
 def test_spread_resets_the_count_and_a_new_streak_warns_again(tiny, prompt_file, caplog):
@@ -195,7 +195,8 @@ def test_at_budget_share_counts_responses_that_used_the_whole_budget(tiny, tmp_p
     assert manager.rollouts["length"].response_lengths.tolist() == [3, 5, 5, 2]
     assert manager.signal_stats() == {"signal/length/spread": 3.0,
                                       "signal/length/at_budget": 0.5,
-                                      "signal/length/flat_rollouts": 0.0}
+                                      "signal/length/flat_rollouts": 0.0,
+                                      "signal/length/silent_when_flat": 1.0}
 
 
 def test_report_reads_what_the_manager_writes(tmp_path):
@@ -209,6 +210,39 @@ def test_report_reads_what_the_manager_writes(tmp_path):
              signal_key("refusal", "flat_rollouts"): float(t)} for t in (1, 2, 3)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert signal_health(collect_runs(tmp_path)[0], "refusal") == ("no signal", 1.0)
+
+
+@pytest.mark.parametrize("estimator,flagged", [("sampled", True), ("stop", False)])
+def test_flat_lengths_are_no_signal_for_sampled_only(tiny, prompt_file, tmp_path, caplog,
+                                                     estimator, flagged):
+    """Three fresh rollouts at a 2-token budget, where the tiny model (pi(EOS) ~ 1/V) fills
+    the budget every time: every sample costs 2, so flat_rollouts reaches 3 either way. With
+    the sampled estimator that means zero gradient: the warning, silent_when_flat 1, and the
+    report's "no signal" at cost 2. The stop estimator still has a gradient there: no warning,
+    silent_when_flat 0, "ok" in the report; the share at the budget (1.0) is logged for both."""
+    model, tok = tiny
+    length = Length(epsilon=1.5, prompts=str(prompt_file), estimator=estimator)
+    manager = RolloutManager([length], tok, every=1, prompts_per_rollout=3, max_new_tokens=2,
+                             seed=0)
+    caplog.set_level(logging.WARNING, logger="pdalign")
+    rows = []
+    for step in range(3):
+        manager.maybe_sample(model, step)
+        rows.append({"step": step + 1, "lambda/length": 1.0, "g/length": 2.0,
+                     **manager.signal_stats()})
+    assert manager.rollouts["length"].response_lengths.tolist() == [2, 2, 2]
+    assert rows[-1] == {"step": 3, "lambda/length": 1.0, "g/length": 2.0,
+                        "signal/length/spread": 0.0, "signal/length/at_budget": 1.0,
+                        "signal/length/flat_rollouts": 3.0,
+                        "signal/length/silent_when_flat": 1.0 if flagged else 0.0}
+    assert len(_warnings(caplog)) == (1 if flagged else 0)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(json.dumps({"seed": 0, "method": {
+        "name": "primal_dual", "objective": "dpo", "constrained": True}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    health = signal_health(collect_runs(tmp_path)[0], "length")
+    assert health == (("no signal", 2.0) if flagged else ("ok", None))
 
 
 # ---- Length.check_budget ----------------------------------------------------------------------
