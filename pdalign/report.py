@@ -471,7 +471,8 @@ def signal_notes(rows: Sequence[dict[str, Any]], constrained: Sequence[str]) -> 
             f"{row[f'{c}/signal_n']} seeds: every sample costs "
             f"{' or '.join(row[f'{c}/signal_cost'].split(';'))} — the surrogate has zero "
             f"gradient; use a pair set or widen the generation budget "
-            f"(train.rollout.max_new_tokens)"
+            f"(train.rollout.max_new_tokens), or a dense estimator where the constraint has "
+            f"one (length: estimator=stop)"
             for row in rows for c in constrained if row.get(f"{c}/signal_none")]
 
 

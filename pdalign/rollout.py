@@ -385,9 +385,10 @@ class RolloutManager:
                         f"costs the same ({', '.join(values)} in turn)")
                 log.warning(
                     "constraint %s has no signal: every sample of the last %d rollouts %s, so "
-                    "its score-function surrogate has zero gradient; use a pair constraint or "
-                    "widen the generation budget (%s=%d; %.0f%% of the last rollout's samples "
-                    "reached it)", c.name, n, cost, BUDGET_KEY,
+                    "its score-function surrogate has zero gradient; use a pair or opener "
+                    "constraint, a dense estimator where the constraint has one (length: "
+                    "constraints.<name>.estimator=stop), or widen the generation budget (%s=%d; "
+                    "%.0f%% of the last rollout's samples reached it)", c.name, n, cost, BUDGET_KEY,
                     self.gen_kwargs["max_new_tokens"], 100 * self._at_budget(rollout))
 
     def _at_budget(self, rollout: Rollout) -> float:

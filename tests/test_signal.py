@@ -20,8 +20,10 @@ from pdalign.report import collect_runs, signal_health
 from pdalign.rollout import NO_SIGNAL_AFTER, RolloutManager, no_spread, signal_key
 
 WARNING = ("constraint scripted has no signal: every sample of the last 3 rollouts costs 1.0, "
-           "so its score-function surrogate has zero gradient; use a pair constraint or widen "
-           "the generation budget (train.rollout.max_new_tokens=3;")
+           "so its score-function surrogate has zero gradient; use a pair or opener constraint, a "
+           "dense estimator where the constraint has one (length: "
+           "constraints.<name>.estimator=stop), or widen the generation budget "
+           "(train.rollout.max_new_tokens=3;")
 
 
 @pytest.fixture(scope="module")
