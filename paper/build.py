@@ -106,14 +106,18 @@ def bench_values(results: Path) -> dict[str, str]:
     kinds = read_kinds(results / "bench.json")  # one entry per machine kind measured
     # the shared-prompt lever was measured alone (rows dpo vs dpo_unshared) in its own run
     share = json.loads((results / "bench_lever_share_prompt.json").read_text())
-    head = "| machine kind | CPU | dtype | " + " | ".join(h for _, h in BENCH_COLUMNS) + " |"
-    lines = [head, "|" + "---|" * 3 + "---:|" * len(BENCH_COLUMNS)]
+    head = ("| machine kind | CPU | dtype | " + " | ".join(h for _, h in BENCH_COLUMNS)
+            + " | constraints in the primal-dual arm |")
+    lines = [head, "|" + "---|" * 3 + "---:|" * len(BENCH_COLUMNS) + "---|"]
     for kind, bench in kinds.items():
         s = bench["settings"]
         cells = [("–" if bench["ratios"].get(k) is None else _fmt(bench["ratios"][k], 3))
                  for k, _ in BENCH_COLUMNS]
+        pd = next(r for r in bench["rows"] if r["trainer"] == "primal_dual")
+        # runs before the per-kind format named the arm's constraints only in its note
+        arm = ", ".join(pd["constraints"]) if pd.get("constraints") else pd["note"].split(";")[0]
         lines.append(f"| {kind} | {s['cpu']['model']} | {s['dtype']} | " + " | ".join(cells)
-                     + " |")
+                     + f" | {arm} |")
     return {"bench_table": "\n".join(lines), "bench_kinds": ", ".join(kinds),
             "pd_vs_dpo_lever": _fmt(json.loads(
                 (results / "bench_lever_rollout_forward.json").read_text()
