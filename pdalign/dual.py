@@ -206,16 +206,18 @@ class DualState:
     # -- health -------------------------------------------------------------------------
 
     def stalled(self) -> list[int]:
-        """Indices of constraints whose lambda sits at lambda_max, or rose at every one of
-        the last ``window`` updates (the bound may be unreachable, or lr too small).
+        """Indices of constraints whose lambda sat at lambda_max at each of the last ``window``
+        updates, or rose at every one of them (the bound may be unreachable, or lr too small).
 
-        Constraints with lambda_max = 0 (switched off) are never reported.
+        Nothing is reported before ``window`` updates: a lambda that touches its cap once (a
+        large first violation in the constraint's own unit does that at any lr) and falls back
+        is not stalled. Constraints with lambda_max = 0 (switched off) are never reported.
         """
-        at_max = (self.lam >= self.lambda_max) & (self.lambda_max > 0)
-        rising = torch.zeros_like(at_max)
-        if len(self.history) == self.window + 1:
-            hist = torch.stack(list(self.history))  # (window + 1, m)
-            rising = (hist[1:] > hist[:-1]).all(dim=0)
+        if len(self.history) < self.window + 1:
+            return []
+        hist = torch.stack(list(self.history))  # (window + 1, m)
+        at_max = ((hist[1:] >= self.lambda_max).all(dim=0)) & (self.lambda_max > 0)
+        rising = (hist[1:] > hist[:-1]).all(dim=0)
         return torch.nonzero(at_max | rising).flatten().tolist()
 
     def as_dict(self) -> dict[str, float]:

@@ -204,10 +204,15 @@ def test_non_finite_g_hat_skips_the_step(rule, bad):
 # --- health -------------------------------------------------------------------------------
 
 
-def test_stalled_reports_lambda_at_max():
-    dual = DualState(["capped", "fine", "off"], lr=1.0, lambda_max=[1.0, 10.0, 0.0], window=50)
-    dual.update(v(5.0, 0.0, 5.0), v(0.0, 0.5, 0.0))
-    assert dual.stalled() == [0]
+def test_stalled_reports_lambda_held_at_max_for_a_window():
+    """window = 3: a lambda at its cap for 3 updates in a row is flagged; one that touched the
+    cap at the first update and fell back is not; lambda_max = 0 (off) never is."""
+    dual = DualState(["capped", "fine", "off", "touched"], lr=1.0,
+                     lambda_max=[1.0, 10.0, 0.0, 2.0], window=3)
+    costs = [v(5.0, 0.0, 5.0, 5.0), v(5.0, 0.0, 5.0, 0.0), v(5.0, 0.0, 5.0, 0.0)]
+    flags = [(dual.update(c, v(0.0, 0.5, 0.0, 1.0)), dual.stalled())[1] for c in costs]
+    assert flags == [[], [], [0]]
+    assert dual.lam.tolist() == [1.0, 0.0, 0.0, 0.0]  # 'touched': 0 -> 2 (cap) -> 1 -> 0
 
 
 def test_stalled_reports_monotone_rise_over_window():
