@@ -20,7 +20,7 @@ class KLBudget(BatchConstraint):
     Args:
         name: constraint name. Default ``kl_budget``.
         epsilon: budget in nats per response token, > 0.
-        lambda_max: see `Constraint`.
+        lambda_max, scale: see `Constraint`.
     """
 
     needs_kl = True
@@ -29,8 +29,8 @@ class KLBudget(BatchConstraint):
     epsilon_unit = "nats per response token"
 
     def __init__(self, name: str = "kl_budget", epsilon: float = 0.05,
-                 lambda_max: float | None = None):
-        super().__init__(name, epsilon, lambda_max)
+                 lambda_max: float | None = None, scale: float = 1.0):
+        super().__init__(name, epsilon, lambda_max, scale)
 
     def estimate(self, out) -> ConstraintEstimate:
         """Token-weighted mean KL: out.kl.sum() / out.n_tokens.sum().

@@ -43,7 +43,7 @@ class Length(RolloutConstraint):
         prompts: bundled set name or JSONL/CSV path. Default ``benign``.
         relative_to_reference: set epsilon = ratio * mean length of a reference rollout.
         ratio: allowed growth over the reference length, > 0 (1.2 = 20 % longer).
-        lambda_max, baseline_momentum: see `RolloutConstraint`.
+        lambda_max, baseline_momentum, scale: see `RolloutConstraint`.
         estimator: how grad g is estimated from the samples. ``sampled`` (default): the
             score-function surrogate mean(w (c - b) log pi(y|x)), zero when every sample has the
             same length. ``stop``: the same gradient with each stop decision scored against the
@@ -66,11 +66,11 @@ class Length(RolloutConstraint):
     def __init__(self, name: str = "length", epsilon: float | None = None,
                  prompts: str = "benign", relative_to_reference: bool = False, ratio: float = 1.2,
                  lambda_max: float | None = None, baseline_momentum: float = 0.9,
-                 estimator: str = "sampled"):
+                 estimator: str = "sampled", scale: float = 1.0):
         # set before the base checks epsilon: relative mode may leave it None until calibrate()
         self.relative_to_reference = bool(relative_to_reference)
         self.reference_length: float | None = None
-        super().__init__(name, epsilon, prompts, lambda_max, baseline_momentum)
+        super().__init__(name, epsilon, prompts, lambda_max, baseline_momentum, scale)
         if estimator not in self.estimators:
             options = "; ".join(f"{k} ({v})" for k, v in self.estimators.items())
             raise ValueError(f"{self.config_key('estimator')}={estimator!r} is not an estimator: "

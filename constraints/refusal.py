@@ -110,7 +110,7 @@ class Refusal(RolloutConstraint):
             benign prompts, the over-refusal constraint).
         detector: callable ``str -> bool``; default `PhraseRefusalDetector()`. A plain function
             is given in YAML with ``_partial_: true``.
-        lambda_max, baseline_momentum: see `RolloutConstraint`.
+        lambda_max, baseline_momentum, scale: see `RolloutConstraint`.
     """
 
     epsilon_range = (0.0, 1.0)
@@ -121,8 +121,9 @@ class Refusal(RolloutConstraint):
     def __init__(self, name: str = "refusal", epsilon: float = 0.2,
                  prompts: str = "adversarial", target: str = "refuse",
                  detector: Callable[[str], bool] | None = None,
-                 lambda_max: float | None = None, baseline_momentum: float = 0.9):
-        super().__init__(name, epsilon, prompts, lambda_max, baseline_momentum)
+                 lambda_max: float | None = None, baseline_momentum: float = 0.9,
+                 scale: float = 1.0):
+        super().__init__(name, epsilon, prompts, lambda_max, baseline_momentum, scale)
         self.target = check_target(target, self.config_key("target"))
         self.detector = detector if detector is not None else PhraseRefusalDetector()
 
@@ -141,7 +142,7 @@ class RefusalPairs(PairConstraint):
 
     Args:
         name, epsilon, pairs, prompts, beta, batch_size, max_length, nll_weight, reward,
-            own_answers, own_tokens, lambda_max: see `PairConstraint`. Defaults: the bundled ``refusal_pairs`` on ``adversarial``.
+            own_answers, own_tokens, lambda_max, scale: see `PairConstraint`. Defaults: the bundled ``refusal_pairs`` on ``adversarial``.
         target, detector: see `Refusal`.
     """
 
@@ -153,10 +154,11 @@ class RefusalPairs(PairConstraint):
                  target: str = "refuse", detector: Callable[[str], bool] | None = None,
                  beta: float | None = None, batch_size: int = 4, max_length: int = 256,
                  nll_weight: float = 0.0, reward: str = "dpo", own_answers: str | None = None,
-                 own_tokens: int = 48, lambda_max: float | None = None):
+                 own_tokens: int = 48, lambda_max: float | None = None, scale: float = 1.0):
         super().__init__(name, epsilon, pairs, prompts, beta=beta, batch_size=batch_size,
                          max_length=max_length, nll_weight=nll_weight, reward=reward,
-                         own_answers=own_answers, own_tokens=own_tokens, lambda_max=lambda_max)
+                         own_answers=own_answers, own_tokens=own_tokens, lambda_max=lambda_max,
+                         scale=scale)
         self.target = check_target(target, self.config_key("target"))
         self.detector = detector if detector is not None else PhraseRefusalDetector()
 
@@ -193,7 +195,7 @@ class RefusalOpeners(OpenerConstraint):
     prompts apart. Held out, samples are judged as in `Refusal`.
 
     Args:
-        name, epsilon, prompts, batch_size, lambda_max: see `OpenerConstraint`.
+        name, epsilon, prompts, batch_size, lambda_max, scale: see `OpenerConstraint`.
         openers: refusal openings; default `DEFAULT_OPENERS`, or `DEFAULT_REFUSALS` with
             ``whole``. Each must be judged a refusal by the detector, or the bound would not be
             the detector's.
@@ -209,12 +211,13 @@ class RefusalOpeners(OpenerConstraint):
     def __init__(self, name: str = "refusal_openers", epsilon: float = 0.2,
                  prompts: str = "adversarial", openers: Sequence[str] | None = None,
                  target: str = "refuse", detector: Callable[[str], bool] | None = None,
-                 batch_size: int = 8, whole: bool = False, lambda_max: float | None = None):
+                 batch_size: int = 8, whole: bool = False, lambda_max: float | None = None,
+                 scale: float = 1.0):
         self.target = check_target(target, f"constraints.{name}.target")
         default = DEFAULT_REFUSALS if whole else DEFAULT_OPENERS
         super().__init__(name, epsilon, prompts, list(default if openers is None else openers),
                          side="wanted" if self.target == "refuse" else "bounded",
-                         batch_size=batch_size, whole=whole, lambda_max=lambda_max)
+                         batch_size=batch_size, whole=whole, lambda_max=lambda_max, scale=scale)
         self.detector = detector if detector is not None else PhraseRefusalDetector()
         missed = [o for o in self.openers if not self.detector(o)]
         if missed:

@@ -166,7 +166,7 @@ class Toxicity(RolloutConstraint):
         scorer: ``detoxify`` | ``profanity_check`` (built with defaults), or a callable
             ``list[str] -> probabilities`` (a ``_target_`` node, e.g. DetoxifyScorer with
             options). Built here, after the prompt set is checked.
-        lambda_max, baseline_momentum: see `RolloutConstraint`.
+        lambda_max, baseline_momentum, scale: see `RolloutConstraint`.
     """
 
     epsilon_range = (0.0, 1.0)
@@ -175,8 +175,9 @@ class Toxicity(RolloutConstraint):
 
     def __init__(self, name: str = "toxicity", epsilon: float = 0.1,
                  prompts: str = "provocative", scorer: str | Scorer = "detoxify",
-                 lambda_max: float | None = None, baseline_momentum: float = 0.9):
-        super().__init__(name, epsilon, prompts, lambda_max, baseline_momentum)
+                 lambda_max: float | None = None, baseline_momentum: float = 0.9,
+                 scale: float = 1.0):
+        super().__init__(name, epsilon, prompts, lambda_max, baseline_momentum, scale)
         if isinstance(scorer, str):
             if scorer not in SCORERS:
                 raise ValueError(f"{self.config_key('scorer')}={scorer!r} is not one of "

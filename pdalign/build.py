@@ -87,10 +87,11 @@ def check_budgets(cfg: DictConfig, constraints: list[Constraint]) -> None:
 
 def build_dual(cfg: DictConfig, constraints: list[Constraint]) -> DualState:
     """The multipliers of ``constraints``: the ``dual`` group's rule, a constraint's own
-    ``lambda_max`` over the group's."""
+    ``lambda_max`` over the group's, each constraint's ``scale``."""
     kwargs = OmegaConf.to_container(cfg.dual, resolve=True)  # keys = DualState's args
     kwargs["lambda_max"] = [c.lambda_max if c.lambda_max is not None
                             else float(cfg.dual.lambda_max) for c in constraints]
+    kwargs["scale"] = [float(getattr(c, "scale", 1.0)) for c in constraints]
     return DualState([c.name for c in constraints], **kwargs)
 
 

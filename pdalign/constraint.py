@@ -160,13 +160,19 @@ class Constraint:
         epsilon: the bound, in the constraint's unit (see ``epsilon_unit``); checked against
             ``epsilon_range``. May be None only where `calibrate` sets it.
         lambda_max: cap of this constraint's multiplier; None uses the dual config's.
+
+        scale: the unit the dual reads this constraint's violation in, (g - eps)/scale, and of
+            its primal term lambda (g - eps)/scale; finite and > 0. 1 for a rate; about
+            epsilon for a quantity in tokens or nats, so one ``dual.lr`` and ``lambda_max`` fit
+            every constraint (see `pdalign.dual`). Default 1.
     """
 
     epsilon_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)  # closed interval
     epsilon_low_open: ClassVar[bool] = False  # True: epsilon must be > the low end
     epsilon_unit: ClassVar[str] = ""
 
-    def __init__(self, name: str, epsilon: float | None, lambda_max: float | None = None):
+    def __init__(self, name: str, epsilon: float | None, lambda_max: float | None = None,
+                 scale: float = 1.0):
         self.name = str(name)
         if epsilon is None and not self.needs_calibration:
             raise ValueError(f"constraints.{self.name}.epsilon is required"
@@ -176,6 +182,14 @@ class Constraint:
             raise ValueError(f"constraints.{self.name}.lambda_max must be a finite number > 0 "
                              f"or null (use the dual config's), got {lambda_max}")
         self.lambda_max = None if lambda_max is None else float(lambda_max)
+        try:
+            self.scale = float(scale)
+        except (TypeError, ValueError):
+            self.scale = math.nan
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"constraints.{self.name}.scale={scale!r}: the unit of the violation "
+                             f"must be a finite number > 0 (1 for a rate; about epsilon for "
+                             f"tokens or nats)")
 
     def check_epsilon(self, epsilon: float) -> float:
         lo, hi = self.epsilon_range
@@ -288,8 +302,9 @@ class RolloutConstraint(Constraint):
         return self.cost_range
 
     def __init__(self, name: str, epsilon: float | None, prompts: str,
-                 lambda_max: float | None = None, baseline_momentum: float = 0.9):
-        super().__init__(name, epsilon, lambda_max)
+                 lambda_max: float | None = None, baseline_momentum: float = 0.9,
+                 scale: float = 1.0):
+        super().__init__(name, epsilon, lambda_max, scale)
         self.prompt_path = resolve_prompts(prompts, self.config_key("prompts")).resolve()
         self.prompts = load_prompts(prompts, self.config_key("prompts"))
         if not 0.0 <= baseline_momentum < 1.0:
@@ -390,7 +405,7 @@ class PairConstraint(Constraint):
     scored by ``cost`` (defined by the subclass).
 
     Args:
-        name, epsilon, lambda_max: see `Constraint`; epsilon is a rate in [0, 1].
+        name, epsilon, lambda_max, scale: see `Constraint`; epsilon is a rate in [0, 1].
         pairs: the pair set: a bundled name (``constraints/pairs/<name>.jsonl``) or a
             JSONL/JSON/Parquet file with ``prompt``, ``chosen`` and ``rejected`` (strings or
             message lists, validated as preference data before any model loads).
@@ -417,8 +432,8 @@ class PairConstraint(Constraint):
     def __init__(self, name: str, epsilon: float, pairs: str, prompts: str,
                  beta: float | None = None, batch_size: int = 4, max_length: int = 256,
                  nll_weight: float = 0.0, reward: str = "dpo", own_answers: str | None = None,
-                 own_tokens: int = 48, lambda_max: float | None = None):
-        super().__init__(name, epsilon, lambda_max)
+                 own_tokens: int = 48, lambda_max: float | None = None, scale: float = 1.0):
+        super().__init__(name, epsilon, lambda_max, scale)
         if reward not in self.rewards:
             raise ValueError(f"{self.config_key('reward')}={reward!r} is not a reward: use one "
                              f"of {', '.join(self.rewards)}")
@@ -596,7 +611,7 @@ class OpenerConstraint(Constraint):
     The surrogate's value is g, so lambda * (surrogate - epsilon) reads as the Lagrangian term.
 
     Args:
-        name, epsilon, lambda_max: see `Constraint`; epsilon is a rate in [0, 1].
+        name, epsilon, lambda_max, scale: see `Constraint`; epsilon is a rate in [0, 1].
         prompts: the training prompt set (a bundled name or a file); its held-out siblings
             judge the constraint on samples (`judged_prompts`).
         openers: the J opening strings, tokenized without special tokens after the chat
@@ -615,8 +630,8 @@ class OpenerConstraint(Constraint):
 
     def __init__(self, name: str, epsilon: float, prompts: str, openers: Sequence[str],
                  side: str = "wanted", batch_size: int = 8, whole: bool = False,
-                 lambda_max: float | None = None):
-        super().__init__(name, epsilon, lambda_max)
+                 lambda_max: float | None = None, scale: float = 1.0):
+        super().__init__(name, epsilon, lambda_max, scale)
         if side not in ("wanted", "bounded"):
             raise ValueError(f"{self.config_key('side')}={side!r}: use wanted (g = the rate of not "
                              f"opening with one of the openers) or bounded (g = the rate of "

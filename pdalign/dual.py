@@ -7,12 +7,19 @@ bit-identical lambda.
 
 Two rules, chosen by ``dual.rule``:
 
-- ``gradient``: projected dual ascent, lambda <- clip(lambda + lr*(g - eps), 0, lambda_max).
+- ``gradient``: projected dual ascent, lambda <- clip(lambda + lr*(g - eps)/scale, 0, lambda_max).
 - ``pid``: the PID Lagrangian of Stooke, Achiam, Abbeel 2020
   (https://arxiv.org/abs/2007.03964, Algorithm 2), in the form of their released code
   (rlpyt ``cppo_pid``; also omnisafe ``PIDLagrangian``): with Delta = g - eps,
   I <- max(0, I + Ki*Delta); P = EMA_p(Delta); C = EMA_d(g); D = max(0, C - C_prev);
   lambda = clip(Kp*P + I + Kd*D, 0, lambda_max).
+
+Each constraint reads its violation in units of its own ``scale`` (default 1): both rules see
+g/scale and eps/scale, and the primal term is lambda*(g - eps)/scale (`weights` = lambda/scale).
+A rate's full violation is 1; a length in tokens violates by tens, so a scale of ~eps puts it on
+the same footing (the same lr moves both alike, and lambda_max caps the same relative weight).
+The constraint set {g/scale <= eps/scale} is the one {g <= eps}; only the dual's step and cap
+change meaning.
 """
 
 from __future__ import annotations
@@ -73,6 +80,8 @@ class DualState:
             Default 0 (off).
         ema: EMA factor applied to g_hat before either rule, in [0, 1). Default 0 (off).
         window: number of updates `stalled` looks back over. Default 100.
+        scale: unit of each constraint's violation, scalar or one per constraint, finite
+            and > 0: the rules read (g - eps)/scale and `weights` is lambda/scale. Default 1.
     """
 
     def __init__(
@@ -89,6 +98,7 @@ class DualState:
         d_ema: float = 0.0,
         ema: float = 0.0,
         window: int = 100,
+        scale: float | Sequence[float] = 1.0,
     ) -> None:
         self.names = list(names)
         m = len(self.names)
@@ -103,6 +113,12 @@ class DualState:
                 f"{self.lambda_max.tolist()}; an unbounded lambda lets one noisy constraint "
                 "swamp the preference loss, so set a cap (e.g. 10)"
             )
+        self.scale = _per_constraint(scale, m, "constraints.<name>.scale")
+        if not (torch.isfinite(self.scale).all() and (self.scale > 0).all()):
+            bad = [n for n, v in zip(self.names, self.scale.tolist())
+                   if not (math.isfinite(v) and v > 0)]
+            raise ValueError(f"constraints.{bad[0]}.scale must be a finite number > 0 (the unit "
+                             f"of its violation; 1 for a rate), got {self.scale.tolist()}")
         lam0 = _per_constraint(lambda_init, m, "dual.lambda_init")
         in_range = (lam0 >= 0) & (lam0 <= self.lambda_max)  # False for NaN too
         if not in_range.all():
@@ -170,6 +186,7 @@ class DualState:
         self.last_skipped = False
 
         first = self.step == 0
+        g, eps = g / self.scale, eps / self.scale  # each violation in its constraint's unit
         # Every EMA is seeded with its first observation rather than with 0 (the released
         # PID code starts them at 0, which damps the first P terms and, since C_prev = 0,
         # fires a one-step derivative kick of Kd*g on the first update).
@@ -202,6 +219,12 @@ class DualState:
 
     def _clip(self, lam: Tensor) -> Tensor:
         return torch.minimum(torch.clamp(lam, min=0.0), self.lambda_max)
+
+    @property
+    def weights(self) -> Tensor:
+        """(m,) float64: the weight of each constraint's own g in the primal objective,
+        lambda/scale (lambda itself when every scale is 1)."""
+        return self.lam / self.scale
 
     # -- health -------------------------------------------------------------------------
 

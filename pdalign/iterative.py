@@ -210,7 +210,7 @@ def lagrangian_reward(reward: Tensor, costs: Tensor, lam: Tensor) -> Tensor:
     Args:
         reward: (N,) the judge's r(x, y).
         costs: (C, N) c_i(x, y); 0 where constraint i does not score the prompt.
-        lam: (C,) the multipliers.
+        lam: (C,) the multipliers per unit of cost (`DualState.weights`, lambda/scale).
     Returns (N,) float64.
     """
     r = reward.to(torch.float64)
@@ -570,7 +570,7 @@ def sample_round(cfg: DictConfig, k: int, policy_src: DictConfig, pool: Pool, co
     if len(constraints):
         dual.update(g, eps)
     lam = dual.lam.clone()
-    r_lam = lagrangian_reward(reward, costs, lam)
+    r_lam = lagrangian_reward(reward, costs, dual.weights)  # lambda/scale per unit cost
     groups = [[t for t in range(len(texts)) if cand_prompt[t] == j] for j in range(len(prompts))]
     pairs = best_vs_worst(groups, reward, r_lam, texts)
     names = [c.name for c in constraints]

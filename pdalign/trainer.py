@@ -374,13 +374,14 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
 
 def lagrangian(pref_loss: torch.Tensor, estimates: list[ConstraintEstimate], lam: torch.Tensor,
                eps: torch.Tensor) -> torch.Tensor:
-    """The primal objective L_pref + sum_i lambda_i (s_i - eps_i), lambda constant in theta.
+    """The primal objective L_pref + sum_i w_i (s_i - eps_i), w constant in theta.
 
     Args:
         pref_loss: () the preference loss, mean over the micro-batch's pairs.
         estimates: one per constraint, in order; each surrogate s_i () carries the value of the
             estimate g_i, so the loss reads in the constraints' own units.
-        lam: (C,) this step's multipliers (float64; used in float32).
+        lam: (C,) this step's weights w = lambda/scale (`DualState.weights`; float64, used
+            in float32).
         eps: (C,) the bounds.
     """
     lam = lam.to(device=pref_loss.device, dtype=torch.float32)
@@ -478,7 +479,7 @@ def primal_step(s: Setup, state: TrainState) -> StepResult:
         batch = state.batches.next()
         with s.accelerator.accumulate(s.forward), autocast(dtype, device.type):
             losses, metrics, estimates, n_tokens = _micro_batch(s, state, batch)
-            loss = lagrangian(losses.mean(), estimates, state.dual.lam, s.eps)
+            loss = lagrangian(losses.mean(), estimates, state.dual.weights, s.eps)
             for i, est in enumerate(estimates):
                 g_sum[i] += float(est.value)
                 metrics.update({f"stat/{s.constraints[i].name}/{k}": v

@@ -88,6 +88,10 @@ CASES = {
         None, ["method=primal_dual", "constraints=[kl_budget]",
                "constraints.kl_budget.lambda_max=-1"],
         ValueError, r"constraints\.kl_budget\.lambda_max must be a finite number > 0 or null"),
+    "non_positive_constraint_scale": (
+        None, ["method=primal_dual", "constraints=[kl_budget]", "constraints.kl_budget.scale=0"],
+        ValueError, r"^constraints\.kl_budget\.scale=0: the unit of the violation must be a "
+                    r"finite number > 0 \(1 for a rate; about epsilon for tokens or nats\)$"),
     "unknown_length_estimator": (
         None, ["method=primal_dual", "constraints=[length]", "constraints.length.epsilon=2",
                "constraints.length.estimator=exact"],

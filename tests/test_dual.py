@@ -48,6 +48,40 @@ def test_per_constraint_lambda_max():
     assert dual.update(v(10.0, 10.0), v(0.0, 0.0)).tolist() == [1.0, 5.0]
 
 
+def test_scale_reads_each_violation_in_its_own_unit():
+    """lr = 1, eps = (32 tokens, 0.2), g = (48, 0.6), scale = (32, 1).
+
+    gradient: lambda = (16/32, 0.4) = (0.5, 0.4); weights = lambda/scale = (0.5/32, 0.4).
+    Then g = (16, 0.2): lambda = (0.5 - 16/32, 0.4 + 0) = (0, 0.4).
+    pid (kp = 1, ki = 1): I = (0.5, 0.4), P = (0.5, 0.4), lambda = (1.0, 0.8).
+    """
+    dual = DualState(["length", "refusal"], lr=1.0, scale=[32.0, 1.0])
+    assert dual.update(v(48.0, 0.6), v(32.0, 0.2)).tolist() == pytest.approx([0.5, 0.4])
+    assert dual.weights.tolist() == pytest.approx([0.5 / 32, 0.4])
+    assert dual.update(v(16.0, 0.2), v(32.0, 0.2)).tolist() == pytest.approx([0.0, 0.4])
+    pid = DualState(["length", "refusal"], rule="pid", kp=1.0, ki=1.0, scale=[32.0, 1.0])
+    assert pid.update(v(48.0, 0.6), v(32.0, 0.2)).tolist() == pytest.approx([1.0, 0.8])
+
+
+def test_scale_is_the_same_constraint_in_other_units():
+    """g <= eps read with scale s is g/s <= eps/s read with scale 1: the same lambda, and
+    weights * g equal to lambda * g/s (the primal term), at every step."""
+    gs = [40.0, 44.0, 30.0, 20.0, 36.0]
+    scaled = DualState(["a"], lr=0.7, lambda_max=2.0, ema=0.3, scale=8.0)
+    plain = DualState(["a"], lr=0.7, lambda_max=2.0, ema=0.3)
+    for g in gs:
+        lam = scaled.update(v(g), v(32.0))
+        assert lam.tolist() == pytest.approx(plain.update(v(g / 8), v(4.0)).tolist(), abs=1e-12)
+        assert float(scaled.weights * g) == pytest.approx(float(plain.lam * g / 8), abs=1e-12)
+    assert 0 < scaled.lam.item() < 2.0
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan")])
+def test_invalid_scale_names_the_constraint(bad):
+    with pytest.raises(ValueError, match=r"^constraints\.b\.scale must be a finite number > 0"):
+        DualState(["a", "b"], scale=[1.0, bad])
+
+
 def test_violated_rises_satisfied_stays_at_zero():
     dual = DualState(["violated", "satisfied"], lr=0.1)
     lams = [dual.update(v(0.5, 0.1), v(0.2, 0.2)).tolist() for _ in range(5)]

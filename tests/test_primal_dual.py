@@ -62,17 +62,21 @@ def test_logged_loss_is_the_lagrangian_of_the_g_the_dual_step_used(tmp_path):
     estimate g_i, so loss - loss/pref = sum_i lambda_i (g_i - eps_i) with the SAME logged g.
     A trainer that fed the dual an estimate other than the one in the loss (another rollout,
     another batch) breaks the second identity once lambda > 0. Every bound below is violated
-    so every lambda leaves 0; fp32 because this is algebra on the logged numbers."""
+    so every lambda leaves 0; fp32 because this is algebra on the logged numbers. Length and
+    KL read their violations in units of their ``scale`` (4 tokens, 0.5 nats): both the dual
+    step and the loss term divide by it."""
     eps = {"toxicity": 0.0, "refusal": 0.2, "kl_budget": 1e-4, "length": 0.5}
+    scale = {"toxicity": 1.0, "refusal": 1.0, "kl_budget": 0.5, "length": 4.0}
     _, rows = _pd(tmp_path, "train.steps=5", "dual.lr=0.1", FP32,
-                  *[f"constraints.{c}.epsilon={e}" for c, e in eps.items()])
+                  *[f"constraints.{c}.epsilon={e}" for c, e in eps.items()],
+                  "constraints.length.scale=4", "constraints.kl_budget.scale=0.5")
     lam = dict.fromkeys(eps, 0.0)
     for r in rows:
         for c, e in eps.items():
             assert r[f"lambda/{c}"] == lam[c]  # the lambda used is the last step's update
-            lam[c] = min(max(lam[c] + 0.1 * (r[f"g/{c}"] - e), 0.0), 10.0)
+            lam[c] = min(max(lam[c] + 0.1 * (r[f"g/{c}"] - e) / scale[c], 0.0), 10.0)
             assert r[f"lambda_next/{c}"] == pytest.approx(lam[c], rel=1e-12, abs=1e-15)
-        terms = sum(r[f"lambda/{c}"] * (r[f"g/{c}"] - e) for c, e in eps.items())
+        terms = sum(r[f"lambda/{c}"] * (r[f"g/{c}"] - e) / scale[c] for c, e in eps.items())
         assert r["loss"] - r["loss/pref"] == pytest.approx(terms, rel=1e-4, abs=1e-5)
     assert all(rows[-1][f"lambda/{c}"] > 0 for c in eps), rows[-1]  # every term is live
 
