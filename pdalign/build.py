@@ -91,7 +91,7 @@ def build_dual(cfg: DictConfig, constraints: list[Constraint]) -> DualState:
     kwargs = OmegaConf.to_container(cfg.dual, resolve=True)  # keys = DualState's args
     kwargs["lambda_max"] = [c.lambda_max if c.lambda_max is not None
                             else float(cfg.dual.lambda_max) for c in constraints]
-    kwargs["scale"] = [float(getattr(c, "scale", 1.0)) for c in constraints]
+    kwargs["scale"] = [c.scale for c in constraints]
     return DualState([c.name for c in constraints], **kwargs)
 
 

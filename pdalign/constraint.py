@@ -160,7 +160,6 @@ class Constraint:
         epsilon: the bound, in the constraint's unit (see ``epsilon_unit``); checked against
             ``epsilon_range``. May be None only where `calibrate` sets it.
         lambda_max: cap of this constraint's multiplier; None uses the dual config's.
-
         scale: the unit the dual reads this constraint's violation in, (g - eps)/scale, and of
             its primal term lambda (g - eps)/scale; finite and > 0. 1 for a rate; about
             epsilon for a quantity in tokens or nats, so one ``dual.lr`` and ``lambda_max`` fit
