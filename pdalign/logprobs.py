@@ -507,41 +507,49 @@ def reference_cache_key(model_id: dict, features: list[dict]) -> str:
 
 def precompute_reference(model, features: list[dict], collate_fn, cache_path, *,
                          batch_size: int = 8, ref_model=None, device="cpu",
-                         progress: bool = True) -> list[dict]:
+                         progress: bool = True, rows: Sequence[int] | None = None) -> list[dict]:
     """Attach ``ref_chosen_logps``/``ref_rejected_logps`` to every feature, from the cache.
 
-    On a cache miss the reference runs once over the data (no grad, adapter disabled) and the
-    result is written to ``cache_path`` atomically; a hit loads it and runs nothing.
+    The reference runs once (no grad, adapter disabled) over the pairs the cache lacks among
+    ``rows``, and the table is rewritten atomically; pairs outside ``rows`` that the cache does
+    not hold get NaN (the trainer computes such a pair in the step if a run ever draws it).
+    A cache that holds every requested pair runs nothing.
 
     Args:
         features: tokenized pairs (each with ``index``).
         collate_fn: turns a list of features into the concatenated batch.
         cache_path: file for this key (see `reference_cache_key`).
+        rows: the positions a run will consume (`pdalign.trainer.consumed_positions`), or None
+            for all of them.
     Returns new feature dicts (the inputs are not modified).
     """
     from pathlib import Path
 
-    cache_path = Path(cache_path)
+    cache_path, n = Path(cache_path), len(features)
     if cache_path.is_file():
         table = torch.load(cache_path, weights_only=True)  # (n, 2) float32, by position
+        if table.shape != (n, 2):
+            raise ValueError(f"reference cache {cache_path} holds {tuple(table.shape)} values "
+                             f"for {n} pairs; delete it to recompute")
     else:
+        table = torch.full((n, 2), float("nan"))
+    wanted = range(n) if rows is None else sorted(set(rows))
+    missing = [i for i in wanted if bool(table[i].isnan().any())]
+    if missing:
         from tqdm.auto import tqdm
 
-        rows = []
-        for s in tqdm(range(0, len(features), batch_size), desc="reference log-probs",
+        for s in tqdm(range(0, len(missing), batch_size), desc="reference log-probs",
                       disable=not progress):
-            batch = collate_fn(features[s:s + batch_size])
-            b = len(batch["index"])
-            logps = reference_logps(model, batch["input_ids"].to(device),
-                                    batch["attention_mask"].to(device),
-                                    batch["labels"].to(device), ref_model=ref_model,
-                                    pairs=b).float().cpu()
-            rows.append(torch.stack([logps[:b], logps[b:]], dim=1))
-        table = torch.cat(rows)
+            pos = missing[s:s + batch_size]
+            batch = collate_fn([features[i] for i in pos])
+            b = len(pos)
+            with torch.no_grad():
+                logps = reference_logps(model, batch["input_ids"].to(device),
+                                        batch["attention_mask"].to(device),
+                                        batch["labels"].to(device), ref_model=ref_model,
+                                        pairs=b).float().cpu()
+            table[pos] = torch.stack([logps[:b], logps[b:]], dim=1)
         with atomic_open(cache_path, "wb") as fh:
             torch.save(table, fh)
-    if table.shape != (len(features), 2):
-        raise ValueError(f"reference cache {cache_path} holds {tuple(table.shape)} values for "
-                         f"{len(features)} pairs; delete it to recompute")
     return [{**f, "ref_chosen_logps": float(table[i, 0]), "ref_rejected_logps": float(table[i, 1])}
             for i, f in enumerate(features)]

@@ -18,6 +18,7 @@ what a checkpoint holds.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ from pdalign.logprobs import (
     SequenceLogps,
     precompute_reference,
     reference_cache_key,
+    reference_logps,
     sequence_logps,
 )
 from pdalign.manifest import write_manifest
@@ -119,6 +121,26 @@ def _schedule(optimizer, tcfg: DictConfig):
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def consumed_positions(n: int, batch_size: int, samples: int, seed: int) -> list[int] | None:
+    """The dataset positions the first ``samples`` draws of the training loader take, or None
+    when the run reaches past its first epoch (then it reads every pair).
+
+    The training loader shuffles the n pairs with a generator seeded by ``seed`` and keeps whole
+    batches only; accelerate deals its batches out to the ranks in turn, so after k optimizer
+    steps the run has read the first k · grad_accum · ranks batches. The same loader over the
+    positions, with its own generator, gives them (a prediction that falls short costs only
+    time: the step computes a pair the cache lacks).
+    """
+    epoch = (n // batch_size) * batch_size
+    if samples >= epoch:
+        return None
+    order = torch.utils.data.DataLoader(range(n), batch_size=batch_size, shuffle=True,
+                                        drop_last=True,
+                                        generator=torch.Generator().manual_seed(seed))
+    return [int(i) for batch in itertools.islice(order, -(-samples // batch_size))
+            for i in batch][:samples]
 
 
 def _finite_on_all_ranks(accelerator, finite: bool, device: torch.device) -> bool:
@@ -314,12 +336,16 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
         model_id = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                     "quantize": quant is not None, "dtype": str(dtype)}
         path = Path(tcfg.ref_cache_dir or cache_dir() / "reference")
+        # only the pairs this run will read: a short run over a large set pays for its own
+        draws = (int(tcfg.steps) * int(tcfg.grad_accum) * accelerator.num_processes
+                 * int(tcfg.batch_size))
         with autocast(dtype, device.type):
             train_set = precompute_reference(
                 model, train_set, PreferenceCollator(tokenizer.pad_token_id),
                 path / f"{reference_cache_key(model_id, train_set)}.pt",
                 batch_size=int(tcfg.batch_size), ref_model=ref_model, device=device,
-                progress=main)
+                progress=main, rows=consumed_positions(len(train_set), int(tcfg.batch_size),
+                                                       draws, int(cfg.seed)))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, tcfg, cfg.peft)
     scheduler = _schedule(optimizer, tcfg)
@@ -427,8 +453,16 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
             f"{first}_n_tokens": out["n_tokens"][:b],
             f"{second}_n_tokens": out["n_tokens"][b:2 * b]}
     if s.objective.needs_reference:
-        ref = (torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
-               if s.precomputed else out["ref_logps"][:2 * b])
+        if s.precomputed:
+            ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
+            if bool(ref.isnan().any()):  # a pair the cache lacks (a run longer than planned)
+                with torch.no_grad():
+                    ref = reference_logps(s.policy.model, batch["input_ids"],
+                                          batch["attention_mask"], batch["labels"],
+                                          ref_model=s.policy.ref_model,
+                                          pairs=b if s.share_prompt else None).float()
+        else:
+            ref = out["ref_logps"][:2 * b]
         pref[f"ref_{first}_logps"], pref[f"ref_{second}_logps"] = ref[:b], ref[b:]
     if "label" in batch:  # unpaired rows: desirable or not
         pref["label"] = batch["label"]

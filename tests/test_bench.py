@@ -166,6 +166,7 @@ def test_unshared_rows_differ_only_by_share_prompt(tmp_path):
         assert bench.compose(rows[f"{method}_unshared"]).train.share_prompt is False
 
 
+@pytest.mark.slow
 def test_profile_step_writes_op_tables_for_each_part(tmp_path):
     """experiments/profile_step.py on the tiny model: an op table per part, GEMM rates."""
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "profile_step.py"),
@@ -186,6 +187,7 @@ def test_profile_step_writes_op_tables_for_each_part(tmp_path):
     assert "## rollout" in (tmp_path / "profile_step.md").read_text()
 
 
+@pytest.mark.slow
 def test_launch_count_gpu_layout_cuts_the_head_kernels(tmp_path):
     """experiments/launch_count.py on the tiny model (2 layers, the real 49152 vocabulary):
     one vocabulary piece launches far fewer kernels than 24 pieces, the unshared decoder fewer
@@ -371,6 +373,7 @@ def _scaling_run(scaling, monkeypatch, argv: list[str]) -> dict:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_scaling_tiny_run_by_tokens_writes_table_and_plot(tmp_path, monkeypatch):
     """Two sizes (320 and 640 tokens per step by batch), each a fresh process: the medians,
     a slope per measure, the scaling section of bench.md and a PNG."""
@@ -390,6 +393,7 @@ def test_scaling_tiny_run_by_tokens_writes_table_and_plot(tmp_path, monkeypatch)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+@pytest.mark.slow
 def test_scaling_tiny_run_by_constraints_keeps_the_step_sections(tmp_path, monkeypatch):
     """0 and 1 constraints on the primal-dual step: a slope per constraint in its table; the
     step bench's sections (here an older-format bench.json) stay where they are."""

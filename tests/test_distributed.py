@@ -136,6 +136,7 @@ def _kill_job(proc) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_on_two_ranks_retraces_the_uninterrupted_run(tmp_path):
     """SIGKILL a two-rank primal-dual run (torchrun and both workers) between checkpoints and
     resume it with train.resume=auto: lambda, g and the loss equal the uninterrupted two-rank

@@ -7,6 +7,7 @@ from pdalign import models
 from pdalign.models import EMBEDDED, apply_peft, build_tiny, load_model, resolve_dtype
 
 
+@pytest.mark.slow
 def test_gguf_dequantized_cache_reloads_with_identical_logits(tmp_path, monkeypatch):
     """GGUF -> save_pretrained dir -> reload gives exactly the GGUF model's logits."""
     from transformers import AutoModelForCausalLM

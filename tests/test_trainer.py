@@ -128,6 +128,55 @@ def test_cached_reference_values_match_a_direct_reference_forward(tmp_path):
     torch.testing.assert_close(got, direct, rtol=1e-5, atol=1e-4)
 
 
+def test_consumed_positions_are_the_loaders_first_batches():
+    from pdalign.trainer import consumed_positions
+
+    n, bs, seed = 23, 4, 7  # 5 whole batches per epoch, 3 pairs dropped
+    loader = torch.utils.data.DataLoader(list(range(n)), batch_size=bs, shuffle=True,
+                                         drop_last=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    drawn = [int(i) for batch in loader for i in batch]
+    assert consumed_positions(n, bs, 12, seed) == drawn[:12]
+    assert consumed_positions(n, bs, 20, seed) is None  # the whole epoch: every pair
+    assert consumed_positions(n, bs, 12, seed + 1) != drawn[:12]
+
+
+def test_precompute_covers_only_the_pairs_a_short_run_reads(tmp_path, monkeypatch):
+    """A 3-step run fills the cache for its 12 pairs and leaves the rest NaN; a longer run
+    with the same cache computes only the pairs it adds; a pair the cache lacks at step time
+    (a prediction that fell short) is computed in the step, and the losses still equal the
+    on-the-fly reference's (fp32)."""
+    import pdalign.trainer
+
+    cache = f"train.ref_cache_dir={tmp_path / 'cache'}"
+    _, live = _run(tmp_path, "method=dpo", "train.steps=6", FP32, name="live")
+    _run(tmp_path, "method=dpo", "train.steps=3", "train.precompute_ref_logps=true", FP32,
+         cache, name="short")
+    (file,) = (tmp_path / "cache").glob("*.pt")
+    table = torch.load(file, weights_only=True)
+    done = ~table.isnan().any(dim=1)
+    assert int(done.sum()) == 12 and table.shape[0] > 12
+    calls = _count_calls(monkeypatch, "reference_logps")  # the precompute's and the step's
+    monkeypatch.setattr(pdalign.trainer, "reference_logps", pdalign.logprobs.reference_logps)
+    # 6 steps read 24 pairs: 12 new ones, 3 precompute batches of 4; no reference in the step
+    _, cached = _run(tmp_path, "method=dpo", "train.steps=6", "train.precompute_ref_logps=true",
+                     FP32, cache, name="longer")
+    assert len(calls) == 3
+    assert int((~torch.load(file, weights_only=True).isnan().any(dim=1)).sum()) == 24
+    for a, b in zip(live, cached):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    # a fresh cache told the run reads only its first 8 pairs: steps 3 to 6 compute their own
+    planned = pdalign.trainer.consumed_positions
+    monkeypatch.setattr(pdalign.trainer, "consumed_positions",
+                        lambda n, bs, draws, seed: planned(n, bs, 8, seed))
+    calls.clear()
+    _, fallback = _run(tmp_path, "method=dpo", "train.steps=6", "train.precompute_ref_logps=true",
+                       FP32, f"train.ref_cache_dir={tmp_path / 'other'}", name="fallback")
+    assert len(calls) == 2 + 4  # two precompute batches, then one per uncovered step
+    for a, b in zip(live, fallback):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
 def test_run_writes_resolved_config_free_metrics_and_a_checkpoint(tmp_path):
     summary, rows = _run(tmp_path, "method=dpo", "train.steps=3")
     ckpt = tmp_path / "run" / "checkpoints" / "step-3"
