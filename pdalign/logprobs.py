@@ -149,6 +149,10 @@ def _shared_prompt_states(model, input_ids, attention_mask, labels, prompts: int
     Causal attention makes this the same computation as full rows: prompt tokens never attend
     to a response. Saves ``group - 1`` copies of the prompt's decoder FLOPs and saved
     activations, once for the policy and once for the reference.
+
+    When the row blocks differ in length (a long chosen answer beside a short rejected one),
+    each block continues in its own call at its own width, so a short block is not padded to
+    the long one's; otherwise all continuations run in one call (`_split_blocks`).
     """
     decoder, _ = _decoder_and_head(model)
     p_ids, p_mask, p_len, r_ids, r_mask, r_labels, order = _split_groups(
@@ -156,24 +160,56 @@ def _shared_prompt_states(model, input_ids, attention_mask, labels, prompts: int
     out = decoder(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
     h_prompt = out.last_hidden_state  # (P, Tp, H)
     last = h_prompt[torch.arange(prompts, device=p_len.device), p_len - 1]  # (P, H)
-    cols = [last.repeat_interleave(group, dim=0)[:, None]]  # predicts each response's 1st token
-    if r_ids.shape[1] > 1:  # the last response token predicts nothing: not fed
-        # transformers 5.24 names it `cache` (argument and output); 5.17's `past_key_values` warns
-        cache = out.cache
-        cache.batch_repeat_interleave(group)
+    # transformers 5.24 names it `cache` (argument and output); 5.17's `past_key_values` warns
+    cache = out.cache
+    widths = (r_labels != -100).sum(1).view(prompts, group).amax(0).tolist()  # per block
+    if _split_blocks(widths, r_ids.shape[1]):
+        from transformers import DynamicCache
+
+        widths = [max(1, w) for w in widths]
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        blocks = [_continue(decoder, last, p_mask, p_len, r_ids[j::group, :w],
+                            r_mask[j::group, :w], lambda: DynamicCache(kv, config=decoder.config))
+                  + (r_labels[j::group, :w],) for j, w in enumerate(widths)]
+    else:  # one call: the prompt cache repeated row by row (prompt-major), then reordered
+        def repeated():
+            cache.batch_repeat_interleave(group)
+            return cache
+
+        h_all = _continue(decoder, last.repeat_interleave(group, dim=0),
+                          p_mask.repeat_interleave(group, dim=0), p_len.repeat_interleave(group),
+                          r_ids, r_mask, repeated)[0]
+        back = order.argsort()  # prompt-major -> the batch's row blocks
+        blocks = [(h_all[back], r_labels[back])]
+    hs, targets, rows, counts = [], [], [], []
+    for h, lab in blocks:  # in the batch's row order: block 0's rows, then block 1's, ...
+        mask = lab != -100
+        hs.append(h[mask])
+        targets.append(lab[mask])
+        rows.append(mask.nonzero(as_tuple=True)[0] + sum(c.shape[0] for c in counts))
+        counts.append(mask.sum(1).float())
+    return ResponseStates(torch.cat(hs), torch.cat(targets), torch.cat(rows), torch.cat(counts))
+
+
+def _split_blocks(widths: list[int], width: int) -> bool:
+    """Continue each row block in its own call when that feeds at least 20% fewer tokens than
+    one call padded to the widest block (``widths``: each block's widest response)."""
+    return len(widths) > 1 and sum(widths) <= 0.8 * len(widths) * width
+
+
+def _continue(decoder, last, p_mask, p_len, r_ids, r_mask, make_cache) -> tuple[torch.Tensor]:
+    """Hidden states (R, Tr, H) predicting each response token of ``r_ids`` (R, Tr): column 0
+    is the prompt's last state ``last`` (R, H), the others come from feeding the response
+    (but its last token, which predicts nothing) after the prompt cache ``make_cache()``."""
+    cols = [last[:, None]]
+    if r_ids.shape[1] > 1:
         steps = torch.arange(r_ids.shape[1] - 1, device=p_len.device)
         cont = decoder(input_ids=r_ids[:, :-1],
-                       attention_mask=torch.cat([p_mask.repeat_interleave(group, dim=0),
-                                                 r_mask[:, :-1]], dim=1),
-                       position_ids=p_len.repeat_interleave(group)[:, None] + steps[None, :],
-                       cache=cache, use_cache=True)
+                       attention_mask=torch.cat([p_mask, r_mask[:, :-1]], dim=1),
+                       position_ids=p_len[:, None] + steps[None, :],
+                       cache=make_cache(), use_cache=True)
         cols.append(cont.last_hidden_state)
-    h_all = torch.cat(cols, dim=1)  # (kP, Tr, H): column j predicts response token j
-    back = order.argsort()  # prompt-major -> the batch's row blocks
-    h_all, r_labels = h_all[back], r_labels[back]
-    mask = r_labels != -100
-    return ResponseStates(h_all[mask], r_labels[mask], mask.nonzero(as_tuple=True)[0],
-                          mask.sum(1).float())
+    return (torch.cat(cols, dim=1),)
 
 
 def _drops_kv_cache(model) -> bool:

@@ -293,6 +293,38 @@ def test_bf16_autocast_logps_and_kl_stay_within_bf16_rounding_of_fp32(pairs):
     assert torch.nn.functional.cosine_similarity(flat16, flat32, dim=0) > 0.99
 
 
+# long chosen answers beside one-token rejections (the quickstart's shape: ~93 vs ~9 tokens)
+LONG_CHOSEN = [[20 + j for j in range(10)], [40 + j for j in range(8)], [60 + j for j in range(9)]]
+SHORT_REJECTED = [[80], [81, 82], [83]]
+
+
+def test_blocks_of_unequal_length_continue_at_their_own_widths_with_identical_results():
+    """Chosen rows of up to 10 tokens and rejected rows of up to 2: the rejected block is fed
+    at its own width (2 - 1 = 1 column after the prompt), not padded to 10, and log-probs,
+    reference, KL and gradients still equal the full log_softmax of every row."""
+    model = _lora(build_tiny(V, seed=3))
+    ids, mask, labels = _pair_batch(PROMPTS, LONG_CHOSEN, SHORT_REJECTED)
+    seen = []
+    embed = model.get_base_model().get_input_embeddings()
+    hook = embed.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    out = sequence_logps(model, ids, mask, labels, with_kl=True, pairs=3)
+    hook.remove()
+    # policy: prompts (3 x 5), chosen (3 x 9), rejected (3 x 1); then the same for the reference
+    assert seen[:3] == [(3, 5), (3, 9), (3, 1)] and seen[3:] == seen[:3]
+    logp, ref, kl, n = _naive(model, ids, mask, labels)
+    assert out.n_tokens.tolist() == n.tolist() == [10.0, 8.0, 9.0, 1.0, 2.0, 1.0]
+    torch.testing.assert_close(out.logps, logp, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.ref_logps, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    w = torch.tensor([1.0, -2.0, 3.0, 0.5, -1.0, 2.0])
+    ours = torch.autograd.grad((w * out.logps).sum() + 3 * out.kl.sum(), params)
+    theirs = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), params)
+    assert any(g.abs().sum() > 0 for g in theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_shared_prompt_runs_the_prompt_once():
     """The decoder sees each prompt token once: 3 prompts + the responses minus their last
     token (which predicts nothing), against 2 full rows per pair without sharing."""
