@@ -52,12 +52,7 @@ def test_logps_ref_and_kl_match_full_log_softmax_with_gradients():
     torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
     assert out.n_tokens.tolist() == n.tolist() == [7.0, 7.0, 4.0, 7.0]
     assert (out.kl > 0).all()  # the adapter moved the policy away from the reference
-    params = [p for p in model.parameters() if p.requires_grad]
-    w = torch.tensor([1.0, -2.0, 3.0, 0.5])
-    ours = torch.autograd.grad((w * out.logps).sum() + 3 * out.kl.sum(), params)
-    theirs = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), params)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _assert_same_gradients(model, torch.tensor([1.0, -2.0, 3.0, 0.5]), out, logp, kl)
 
 
 def test_chunking_does_not_change_results():
@@ -211,6 +206,17 @@ def test_activation_checkpointing_gives_the_same_logps_and_gradients(every):
 
 # ---- a pair's prompt run once (pairs=B) ----------------------------------------------------
 
+def _assert_same_gradients(model, w, out, logp, kl):
+    """The gradients of sum(w * logps) + 3 * sum(kl) agree between ``out`` (ours) and the naive
+    full log_softmax's ``logp``/``kl``, and are not all zero."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    ours = torch.autograd.grad((w * out.logps).sum() + 3 * out.kl.sum(), params)
+    theirs = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), params)
+    assert any(g.abs().sum() > 0 for g in theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def _pair_batch(prompts, chosen, rejected, extra=()):
     """[chosen ; rejected] rows as `pdalign.data.collate` lays them out (right-padded), plus
     ``extra`` (prompt, response) rows that share nothing (rollout rows under DDP)."""
@@ -255,13 +261,7 @@ def test_shared_prompt_matches_full_log_softmax_values_and_gradients():
     torch.testing.assert_close(out.ref_logps, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
     assert (out.kl > 0).all()
-    params = [p for p in model.parameters() if p.requires_grad]
-    w = torch.tensor([1.0, -2.0, 3.0, 0.5, -1.0, 2.0])
-    ours = torch.autograd.grad((w * out.logps).sum() + 3 * out.kl.sum(), params)
-    theirs = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), params)
-    assert any(g.abs().sum() > 0 for g in theirs)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _assert_same_gradients(model, torch.tensor([1.0, -2.0, 3.0, 0.5, -1.0, 2.0]), out, logp, kl)
 
 
 @pytest.mark.parametrize("pairs", [None, 3], ids=["full_rows", "shared_prompt"])
@@ -316,13 +316,7 @@ def test_blocks_of_unequal_length_continue_at_their_own_widths_with_identical_re
     torch.testing.assert_close(out.logps, logp, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.ref_logps, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
-    params = [p for p in model.parameters() if p.requires_grad]
-    w = torch.tensor([1.0, -2.0, 3.0, 0.5, -1.0, 2.0])
-    ours = torch.autograd.grad((w * out.logps).sum() + 3 * out.kl.sum(), params)
-    theirs = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), params)
-    assert any(g.abs().sum() > 0 for g in theirs)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _assert_same_gradients(model, torch.tensor([1.0, -2.0, 3.0, 0.5, -1.0, 2.0]), out, logp, kl)
 
 
 def test_shared_prompt_runs_the_prompt_once():
@@ -399,13 +393,7 @@ def test_grouped_prompt_matches_full_rows_values_and_gradients(group):
     torch.testing.assert_close(out.logps, logp, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.ref_logps, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
-    params = [p for p in model.parameters() if p.requires_grad]
-    w = torch.linspace(-2.0, 3.0, 4 * group)
-    ours = torch.autograd.grad((w * out.logps).sum() + 3 * out.kl.sum(), params)
-    theirs = torch.autograd.grad((w * logp).sum() + 3 * kl.sum(), params)
-    assert any(g.abs().sum() > 0 for g in theirs)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _assert_same_gradients(model, torch.linspace(-2.0, 3.0, 4 * group), out, logp, kl)
 
 
 def test_grouped_prompt_runs_each_prompt_once_and_refuses_another_layout():
