@@ -58,7 +58,13 @@ def build_constraints(cfg: DictConfig) -> list[Constraint]:
                              f"must name its class, e.g. _target_: pdalign.constraints.length.Length")
         try:
             # an entry without a name takes its key's, so errors and logs say the same thing
-            built.append(instantiate(node) if "name" in node else instantiate(node, name=key))
+            margin = node.get("margin", 0.0)
+            if "margin" in node:  # the trainer's key, not the class's: left out of its arguments
+                node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(
+                    node, resolve=True).items() if k != "margin"})
+            c = instantiate(node) if "name" in node else instantiate(node, name=key)
+            c.set_margin(margin)
+            built.append(c)
         except Exception as err:  # hydra wraps import and constructor errors: one clear line
             cause = err.__cause__ or err
             if isinstance(cause, ImportError):

@@ -169,6 +169,13 @@ class Constraint:
     epsilon_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)  # closed interval
     epsilon_low_open: ClassVar[bool] = False  # True: epsilon must be > the low end
     epsilon_unit: ClassVar[str] = ""
+    # How far below epsilon training holds g (``constraints.<name>.margin``, set by
+    # `pdalign.build.build_constraints`): the dual step and the loss read epsilon - margin, the
+    # held-out certificate reads epsilon. A one-sided bound from n samples passes only when the
+    # observed rate sits well under epsilon (at n = 60 and 95%, 6/60 for epsilon 0.2, 1/60 for
+    # 0.1), and held-out prompts sit above the training ones; a policy trained to g = epsilon
+    # fails its certificate about half the time at best.
+    margin: float = 0.0
 
     def __init__(self, name: str, epsilon: float | None, lambda_max: float | None = None,
                  scale: float = 1.0):
@@ -201,6 +208,31 @@ class Constraint:
             raise ValueError(f"constraints.{self.name}.epsilon={epsilon!r} is out of range: it "
                              f"must be in {interval}{unit}")
         return value
+
+    @property
+    def train_epsilon(self) -> float:
+        """The bound training holds, epsilon - margin (epsilon must be set)."""
+        return float(self.epsilon) - self.margin
+
+    def set_margin(self, margin: Any) -> None:
+        """Validate and set ``margin``: a finite number >= 0 leaving epsilon - margin in range
+        (checked now when epsilon is set, else once calibration sets it)."""
+        try:
+            value = float(margin)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"constraints.{self.name}.margin={margin!r} must be a finite number "
+                             f">= 0 (training holds epsilon - margin; 0 = train at epsilon)")
+        if self.epsilon is not None:
+            try:
+                self.check_epsilon(float(self.epsilon) - value)
+            except ValueError as err:
+                raise ValueError(f"constraints.{self.name}.margin={margin!r} leaves training "
+                                 f"bound epsilon - margin = {float(self.epsilon) - value:g} out "
+                                 f"of range ({str(err).split('out of range: ')[-1]}); lower "
+                                 f"the margin") from None
+        self.margin = value
 
     # What the constraint needs, asked by the trainer, the rollout manager and the evaluation.
     needs_kl: ClassVar[bool] = False  # the training forward computes KL(pi || pi_ref) per row

@@ -565,7 +565,7 @@ def sample_round(cfg: DictConfig, k: int, policy_src: DictConfig, pool: Pool, co
     # g_i: the mean cost of the policy's own samples on constraint i's prompts
     g = torch.tensor([float(costs[i, applies[i] & sampled].mean())
                       for i in range(len(constraints))], dtype=torch.float64)
-    eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
+    eps = torch.tensor([c.train_epsilon for c in constraints], dtype=torch.float64)
     lam_before = dual.lam.clone()
     if len(constraints):
         dual.update(g, eps)

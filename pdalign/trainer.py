@@ -385,7 +385,7 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
                            use_wandb=cfg.logging.wandb, project=cfg.logging.project,
                            group=cfg.logging.group, name=run_dir.name, enabled=main,
                            resume=state.step > 0, resume_step=state.step)
-    eps = torch.tensor([float(c.epsilon) for c in constraints], dtype=torch.float64)
+    eps = torch.tensor([c.train_epsilon for c in constraints], dtype=torch.float64)
     s = Setup(cfg, run_dir, accelerator, objective, constraints, eval_constraints, eps, policy,
               forward, heldout_set, params, logger, precomputed,
               ref_in_step=needs_kl or (objective.needs_reference and not precomputed),

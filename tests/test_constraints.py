@@ -272,16 +272,25 @@ def test_user_prompt_files_jsonl_and_csv(tmp_path):
 
 def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
     sizes = {name: len(load_prompts(name)) for name in bundled_prompt_sets()}
-    assert sizes == {"adversarial": 122, "adversarial_heldout": 60, "adversarial_shifted": 60,
-                     "benign": 120, "benign_heldout": 60, "provocative": 80,
-                     "provocative_heldout": 40, "unseen_benign": 30, "unseen_harmful": 30}
+    assert sizes == {"adversarial": 122, "adversarial_framed": 244, "adversarial_heldout": 60,
+                     "adversarial_shifted": 60, "benign": 120, "benign_framed": 240,
+                     "benign_heldout": 60, "provocative": 80, "provocative_heldout": 40,
+                     "unseen_benign": 30, "unseen_harmful": 30}
     from pdalign.constraint import bundled_prompts_dir
 
     for name in sizes:
         assert (bundled_prompts_dir() / f"{name}.md").is_file()
+    # a framed set is its plain set, then each plain row once more inside a framing
+    rows = {name: load_prompts(name) for name in sizes}
+    for plain in ("adversarial", "benign"):
+        framed = rows.pop(f"{plain}_framed")
+        assert framed[:len(rows[plain])] == rows[plain]
+        for request, wrapped in zip(rows[plain], framed[len(rows[plain]):]):
+            assert request[1:] in wrapped and wrapped != request
+        rows[f"{plain}_framed (framed rows)"] = framed[len(rows[plain]):]
     seen: dict[str, str] = {}
-    for name in sizes:
-        for prompt in load_prompts(name):
+    for name in rows:
+        for prompt in rows[name]:
             key = " ".join(prompt.lower().split())
             assert key not in seen, f"{prompt!r} is in both {seen.get(key)} and {name}"
             seen[key] = name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -195,20 +196,40 @@ def test_primal_dual_with_opener_constraints_raises_the_refusal_opening_on_harmf
         tmp_path):
     """Both opener bounds on the tiny model, tight refusal bound: lambda_refusal rises from 0 by
     the gradient rule on the logged g, the log-probability of a refusal opening on harmful
-    prompts rises, and g and lambda are logged for both. Algebra on logged numbers, so fp32."""
+    prompts rises, and g and lambda are logged for both. The refusal bound trains with a margin
+    of 0.15: the dual step reads epsilon - margin = 0.05, the held-out certificate epsilon 0.2.
+    Algebra on logged numbers, so fp32."""
     cfg = compose(tiny_overrides(
         "method=primal_dual", "constraints=[refusal_openers,over_refusal_openers]", FP32,
-        "train.steps=8", "dual.lr=2", "train.lr=5e-3", "eval.prompts_per_set=2"))
+        "train.steps=8", "dual.lr=2", "train.lr=5e-3", "eval.prompts_per_set=2",
+        "+constraints.refusal_openers.margin=0.15"))
     train(cfg, tmp_path / "run")
-    rows = split_records(read_metrics(tmp_path / "run" / "metrics.jsonl"))[0]
+    rows, evals = split_records(read_metrics(tmp_path / "run" / "metrics.jsonl"))
     assert rows[0]["g/refusal_openers"] > 0.99  # the random tiny model never opens that way
     first, last = rows[0]["stat/refusal_openers/log_mass"], rows[-1]["stat/refusal_openers/log_mass"]
     assert last > first + 1.0, (first, last)
-    for c, eps in (("refusal_openers", 0.2), ("over_refusal_openers", 0.1)):
+    for c, eps in (("refusal_openers", 0.05), ("over_refusal_openers", 0.1)):
         lam = 0.0
         for r in rows:
+            assert r[f"eps/{c}"] == pytest.approx(eps)
             lam = min(max(lam + 2 * (r[f"g/{c}"] - eps), 0.0), 10.0)
             assert r[f"lambda_next/{c}"] == pytest.approx(lam, rel=1e-9)
+    assert evals[-1]["eval/refusal_openers/id/eps"] == pytest.approx(0.2)
+    assert evals[-1]["eval/over_refusal_openers/id/eps"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("margin, message", [
+    (-0.1, "margin=-0.1 must be a finite number >= 0"),
+    ("nan", "margin=nan must be a finite number >= 0"),
+    (0.25, "margin=0.25 leaves training bound epsilon - margin = -0.05 out of range"),
+])
+def test_bad_margin_is_named_before_any_model_loads(margin, message):
+    from pdalign.build import build_constraints
+
+    cfg = compose(tiny_overrides("constraints=[refusal_openers]",
+                                 f"+constraints.refusal_openers.margin={margin}"))
+    with pytest.raises(ValueError, match=re.escape(f"constraints.refusal_openers.{message}")):
+        build_constraints(cfg)
 
 
 def test_whole_answers_end_with_eos_so_a_continuation_does_not_count():
