@@ -245,12 +245,32 @@ def apply_peft(model, peft_cfg: dict | None, *, quantized: bool = False):
 
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_4bit_layers_differentiable(model)
     config = LoraConfig(
         r=int(peft_cfg["r"]), lora_alpha=float(peft_cfg["lora_alpha"]),
         lora_dropout=float(peft_cfg.get("lora_dropout", 0.0)),
         target_modules=list(peft_cfg["target_modules"]), bias="none", task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def keep_4bit_layers_differentiable(model) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference; returns the layers changed.
+
+    On a CPU with AVX512-BF16 or AMX, a 4-bit Linear's first forward in eval mode without
+    grad (a reference pass, a rollout, the held-out evaluation) rewrites its weight in place into
+    a packed inference layout. Its output then moves (~5e-3 on a 64-wide layer) and no gradient
+    flows through it to its input any more, so a QLoRA adapter trained afterwards learns only
+    along the residual stream: on SmolLM2 the preference margins stayed ~0 for six steps, then
+    the KL to the reference went to 2-4 nats/token (experiments/results/opener_probe/README.md).
+    Turning the layout off keeps one weight format for training, reference and generation.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def dequantized_state_dict(quantized, plain) -> dict[str, torch.Tensor]:

@@ -114,6 +114,47 @@ def test_qlora_nf4_forward_backward_and_8bit_adamw_on_cpu():
     assert any(not torch.equal(a, p) for a, p in zip(before, params))
 
 
+def test_qlora_gradients_unchanged_by_an_eval_forward_without_grad():
+    """A reference pass, a rollout or the held-out evaluation (eval mode, no grad) before a
+    training step must not change the step: the same LoRA gradients, every 4-bit weight in its
+    training layout. Where bitsandbytes would repack the weights for CPU inference (AVX512-BF16
+    or AMX CPUs) the gradient through the 4-bit layers was lost; elsewhere nothing repacks."""
+    import bitsandbytes as bnb
+
+    from pdalign.logprobs import sequence_logps
+
+    torch.manual_seed(0)
+    quant = models.bnb_4bit_config(torch.float32)
+    model, _ = load_model("tiny", tiny={"hidden_size": 64}, quantization=quant)
+    model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                       quantized=True)
+    for p in model.parameters():  # B = 0 at init would hide the gradient through lower layers
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ids = torch.randint(0, 1000, (2, 10))
+    labels = ids.clone()
+    labels[:, :4] = -100
+
+    def grads():
+        model.train()
+        model.zero_grad()
+        out = sequence_logps(model, ids, torch.ones_like(ids), labels)
+        (-out.logps.sum()).backward()
+        return [p.grad.detach().clone() for p in params]
+
+    before = grads()
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        model(input_ids=ids)
+    after = grads()
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                              for m in layers)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_qlora_failure_names_peft_lora(monkeypatch):
     import bitsandbytes as bnb
 
