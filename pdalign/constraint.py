@@ -216,7 +216,8 @@ class Constraint:
 
     def set_margin(self, margin: Any) -> None:
         """Validate and set ``margin``: a finite number >= 0 leaving epsilon - margin in range
-        (checked now when epsilon is set, else once calibration sets it)."""
+        (checked when epsilon is set; an epsilon calibration sets later, Length's relative
+        mode, is not checked against the margin)."""
         try:
             value = float(margin)
         except (TypeError, ValueError):
