@@ -1,8 +1,8 @@
 """Write the bundled framed training prompt sets: constraints/prompts/{adversarial,benign}_framed.jsonl.
 
-Run from the repository root (stdlib only, deterministic):
+Run from the repository root (deterministic):
 
-    python experiments/make_framed_prompts.py
+    .venv/bin/python experiments/make_framed_prompts.py
 
 Each set is its plain training set (``adversarial``: 122 harmful requests; ``benign``: 120 benign
 look-alikes) followed by the same rows again, each wrapped in one of the `FRAMINGS` below (row i
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from pdalign.atomic import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "constraints" / "prompts"
@@ -72,11 +74,8 @@ def read(name: str) -> list[str]:
 
 def write(name: str, prompts: list[str]) -> None:
     path = PROMPTS / f"{name}.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for p in prompts:
-            f.write(json.dumps({"prompt": p}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text(path, "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n"
+                             for p in prompts))
     print(f"{path.relative_to(ROOT)}: {len(prompts)} rows")
 
 
