@@ -2,7 +2,7 @@
 
 g(pi) = sum over response tokens of KL(pi(.|x, y<t) || pi_ref(.|x, y<t)) / number of response
 tokens, over every row of the training forward (chosen and rejected), <= epsilon nats per token.
-The KL is exact over the vocabulary (`pdalign.logprobs`), so value and surrogate are the same
+The KL is exact over the vocabulary (`pdalign.policy.logprobs`), so value and surrogate are the same
 differentiable number: no sampling noise, unlike the sampled log-ratio estimate of PPO-style
 RLHF (Ouyang et al. 2022, https://arxiv.org/abs/2203.02155).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from pdalign.constraint import BatchConstraint, ConstraintEstimate
+from pdalign.contract import BatchConstraint, ConstraintEstimate
 
 
 class KLBudget(BatchConstraint):

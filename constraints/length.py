@@ -7,7 +7,7 @@ mode bounds it against the starting policy: epsilon = ratio * mean reference len
 measured by `calibrate` on a rollout of the reference before training.
 
 Two estimators of grad g (``constraints.length.estimator``): ``sampled``, the score-function
-surrogate every rollout constraint uses (`pdalign.constraint.score_function_estimate`), which has
+surrogate every rollout constraint uses (`pdalign.contract.rollout.score_function_estimate`), which has
 no gradient when every sample has the same length (all cut at the generation budget, common for
 a small chat model on a CPU budget); and ``stop``, which also reads the policy's probability of
 stopping at every position of the samples and stays dense there (`stop_estimate`).
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from pdalign.constraint import (
+from pdalign.contract import (
     ConstraintEstimate,
     RolloutConstraint,
     StopLogps,

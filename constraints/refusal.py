@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from pdalign.constraint import OpenerConstraint, PairConstraint, RolloutConstraint
+from pdalign.contract import OpenerConstraint, PairConstraint, RolloutConstraint
 
 # Case-insensitive, searched in the first `window` characters of the normalized response.
 # The apostrophe is optional in contractions ("cant"); curly quotes are normalized first.

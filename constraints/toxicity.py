@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from pdalign.constraint import RolloutConstraint
+from pdalign.contract import RolloutConstraint
 
 Scorer = Callable[[list[str]], Sequence[float]]
 
@@ -39,7 +39,7 @@ class ProfanityCheckScorer:
 
     def __init__(self, config_key: str = "constraints.toxicity.scorer"):
         try:
-            from profanity_check import predict_prob
+            from profanity_check import predict_prob  # the offline scorer only (scikit-learn)
         except ImportError as err:
             raise ImportError(f"{config_key}=profanity_check needs the PyPI package "
                               f"alt-profanity-check: pip install alt-profanity-check") from err
@@ -51,7 +51,7 @@ class ProfanityCheckScorer:
 
 def detoxify_checkpoint_path(model_type: str) -> Path:
     """Where torch.hub caches Detoxify's checkpoint for ``model_type`` (exists or not)."""
-    from detoxify.detoxify import MODEL_URLS
+    from detoxify.detoxify import MODEL_URLS  # the detoxify scorer only; heavy
 
     if model_type not in MODEL_URLS:
         raise ValueError(f"unknown Detoxify model_type {model_type!r}; one of "
@@ -105,7 +105,7 @@ class DetoxifyScorer:
     def __init__(self, model_type: str = "original", device: str = "cpu", batch_size: int = 32,
                  huggingface_config_path: str | None = None, checkpoint: str | None = None,
                  config_key: str = "constraints.toxicity.scorer"):
-        from detoxify import Detoxify
+        from detoxify import Detoxify  # the detoxify scorer only; heavy
 
         self.batch_size = int(batch_size)
         if checkpoint is not None:  # a file on disk: no torch.hub cache to check, no download

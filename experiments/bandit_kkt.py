@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdalign.atomic import write_text
-from pdalign.dual import DualState
+from pdalign.runfiles.atomic import write_text
+from pdalign.training.dual import DualState
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pdalign.atomic import atomic_open
+from pdalign.runfiles.atomic import atomic_open
 
 
 def _bench():
@@ -255,8 +255,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = bench.output_dir(args)
     import torch
 
-    from pdalign.manifest import cpu_info
-    from pdalign.models import EMBEDDED, load_tokenizer, resolve_dtype
+    from pdalign.policy.models import EMBEDDED, load_tokenizer
+    from pdalign.policy.precision import resolve_dtype
+    from pdalign.training.manifest import cpu_info
 
     notes = bench.idle_note()
     frameworks = list(FRAMEWORKS)

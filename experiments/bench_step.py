@@ -10,7 +10,7 @@
 
 What is compared. The embedded SmolLM2-135M with the same LoRA (conf/peft/lora.yaml: r=16,
 alpha 32, q/k/v/o, no dropout), the same rows, the same batch (4 pairs), the same threads and, for
-both frameworks, the precision rule of ``train.dtype=auto`` (`pdalign.models.resolve_dtype`: bf16
+both frameworks, the precision rule of ``train.dtype=auto`` (`pdalign.policy.precision.resolve_dtype`: bf16
 only where it is native and fast, fp32 otherwise). The rows are written once to a JSONL file in
 TRL's conversational format, which both frameworks read:
 
@@ -80,7 +80,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pdalign.atomic import write_text
+from pdalign.runfiles.atomic import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -267,8 +267,9 @@ def _messages(prompt: str, chosen: str, rejected: str) -> dict:
 
 
 def _response_len(tokenizer, prompt: str, text: str) -> tuple[int, int]:
-    """(prompt tokens, response tokens) of one answer, exactly as pdalign.data tokenizes it."""
-    from pdalign.data import PreferenceRow, tokenize_pair
+    """(prompt tokens, response tokens) of one answer, exactly as pdalign.data.preference tokenizes it."""
+    from pdalign.data.features import tokenize_pair
+    from pdalign.data.preference import PreferenceRow
 
     row = PreferenceRow(prompt=prompt, chosen=text, rejected=text, index=0, source="bench",
                         location="row 1")
@@ -298,7 +299,8 @@ def _fit(tokenizer, prompt: str, words: list[str], room: int) -> str:
 
 def fixed_rows(tokenizer, n: int, seq_len: int) -> list[dict]:
     """``n`` deterministic pairs whose chosen and rejected sequences are ``seq_len`` tokens each."""
-    from pdalign.data import QUICKSTART, load_preference_rows
+    from pdalign.data.preference import load_preference_rows
+    from pdalign.data.readers import QUICKSTART
 
     source, _ = load_preference_rows(QUICKSTART)
     corpus = " ".join(r.chosen for r in source).split()
@@ -323,7 +325,8 @@ def fixed_rows(tokenizer, n: int, seq_len: int) -> list[dict]:
 
 def quickstart_rows(n: int) -> list[dict]:
     """The first ``n`` bundled quickstart pairs, unchanged, in the conversational format."""
-    from pdalign.data import QUICKSTART, load_preference_rows
+    from pdalign.data.preference import load_preference_rows
+    from pdalign.data.readers import QUICKSTART
 
     source, _ = load_preference_rows(QUICKSTART)
     if n > len(source):
@@ -338,7 +341,7 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 
 def real_tokens(tokenizer, path: Path, max_length: int = MAX_LENGTH) -> list[int]:
     """Real (non-pad) tokens of each pair, chosen + rejected, as pdalign tokenizes ``path``."""
-    from pdalign.data import build_dataset
+    from pdalign.data.features import build_dataset
 
     features, _, _ = build_dataset(tokenizer, str(path), max_length=max_length,
                                    max_prompt_length=MAX_PROMPT_LENGTH)
@@ -357,7 +360,7 @@ def matmul_params(model) -> int:
 
 def model_matmul_params(model: str) -> int:
     """`matmul_params` of the bench's model: ``embedded`` (SmolLM2-135M) or ``tiny``."""
-    from pdalign.models import EMBEDDED, load_model
+    from pdalign.policy.models import EMBEDDED, load_model
 
     tiny = dict(compose(["model=tiny"]).model.tiny) if model == "tiny" else None
     loaded, _ = load_model("tiny" if model == "tiny" else EMBEDDED, tiny=tiny)
@@ -407,8 +410,8 @@ def _peak_gpu_mb() -> float | None:
 
 
 def _child_pdalign(spec: dict) -> dict:
-    from pdalign.logging import read_metrics
-    from pdalign.trainer import train
+    from pdalign.runfiles.metrics import read_metrics
+    from pdalign.training.trainer import train
 
     run_dir = Path(spec["work_dir"]) / "run"
     summary = train(pdalign_config(spec), run_dir)
@@ -432,13 +435,8 @@ def _child_trl(spec: dict) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from pdalign.models import (
-        bnb_4bit_config,
-        build_tiny,
-        embedded_dir,
-        load_tokenizer,
-        resolve_dtype,
-    )
+    from pdalign.policy.models import bnb_4bit_config, build_tiny, embedded_dir, load_tokenizer
+    from pdalign.policy.precision import resolve_dtype
 
     if spec["method"] == "dpo":
         from trl import DPOConfig as Config
@@ -660,7 +658,7 @@ def cpu_kind(flags) -> str:
 
 def detect_cpu_kind() -> str:
     """`cpu_kind` of this machine: /proc/cpuinfo's flags, else lscpu's."""
-    from pdalign.models import cpu_flags
+    from pdalign.policy.precision import cpu_flags
 
     flags = cpu_flags()
     if not flags:
@@ -876,7 +874,7 @@ def idle_note() -> list[str]:
 
 
 def run_versions() -> dict[str, str]:
-    from pdalign.manifest import versions
+    from pdalign.training.manifest import versions
 
     return {k: v for k, v in versions().items()
             if k in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate") and v}
@@ -935,8 +933,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from pdalign.manifest import cpu_info
-    from pdalign.models import EMBEDDED, load_tokenizer, resolve_dtype
+    from pdalign.policy.models import EMBEDDED, load_tokenizer
+    from pdalign.policy.precision import resolve_dtype
+    from pdalign.training.manifest import cpu_info
 
     notes = idle_note()
     if not trl_available():

@@ -6,7 +6,7 @@ Per run: metrics.jsonl, config.yaml, summary.json, manifest.json, train.log — 
 or W&B dirs. ``--extra`` adds runs from elsewhere (the ablation reuses a compare run).
 ``--keep`` names files already in the destination to carry over (e.g. base_eval.json). The
 new directory is built beside the destination and swapped in only when complete, so an
-interrupted collect leaves the old results as they were. Then `pdalign.report.write_report`
+interrupted collect leaves the old results as they were. Then `pdalign.reporting.sweep.write_report`
 writes report.md, report.csv, paired.csv and the plots into it.
 """
 
@@ -17,7 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from pdalign.report import collect_runs, write_report
+from pdalign.reporting.runs import collect_runs
+from pdalign.reporting.sweep import write_report
 
 RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "manifest.json", "train.log")
 

@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bandit_kkt as bandit  # noqa: E402  (the problem, its lambda*, the primal step)
 
-from pdalign.atomic import write_text  # noqa: E402
-from pdalign.dual import DualState  # noqa: E402
+from pdalign.runfiles.atomic import write_text
+from pdalign.training.dual import DualState
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

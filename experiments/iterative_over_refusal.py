@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from pdalign import build
-from pdalign.evaluate import eval_kwargs, evaluate
-from pdalign.iterative import CONF_DIR, read_rounds, round_dir
+from pdalign.evaluation.heldout import eval_kwargs, evaluate
+from pdalign.iterative.loop import CONF_DIR
+from pdalign.runfiles.rounds import read_rounds, round_dir
+from pdalign.training import build
 
 
 def main(run_dir: Path, out: Path) -> None:

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pdalign import logprobs
-from pdalign.atomic import write_text
-from pdalign.logprobs import sequence_logps
-from pdalign.models import EMBEDDED, apply_peft, load_model, reference_mode
+from pdalign.policy import logprobs
+from pdalign.policy.logprobs import sequence_logps
+from pdalign.policy.models import EMBEDDED, apply_peft, load_model, reference_mode
+from pdalign.runfiles.atomic import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # ops that launch no kernel (views, metadata, allocation)

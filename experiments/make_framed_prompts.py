@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pdalign.atomic import write_text
+from pdalign.runfiles.atomic import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "constraints" / "prompts"

@@ -4,7 +4,7 @@
 
 Three parts, each on the bench's rows (``experiments/bench_step.py``: 4 pairs of 160-token
 sequences, LoRA r=16 on q/k/v/o, the `train.dtype=auto` dtype, ``--threads`` threads), each run
-by `pdalign.trainer.primal_step` / the trainer's rollout manager on a `pdalign.trainer.setup`
+by `pdalign.training.trainer.primal_step` / the trainer's rollout manager on a `pdalign.training.trainer.setup`
 run, so what is profiled is what training runs:
 
 - ``orpo``: one ORPO primal step (forward over [chosen ; rejected] with the prompt shared,
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pdalign.atomic import write_text
+from pdalign.runfiles.atomic import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,8 +69,8 @@ def _gemm_rate(m: int, k: int, n: int, dtype, reps: int = 4) -> float:
 def main(argv: list[str] | None = None) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from pdalign.models import load_tokenizer
-    from pdalign.trainer import primal_step, setup
+    from pdalign.policy.models import load_tokenizer
+    from pdalign.training.trainer import primal_step, setup
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=["embedded", "tiny"], default="embedded")

@@ -3,7 +3,7 @@
 """Peak memory of one DPO step: adapter-disabled reference vs a frozen copy of the model.
 
 pdalign's reference for a LoRA/QLoRA policy is the same model with the adapter disabled
-(`pdalign.models.reference_mode`), so no second copy of the weights is held. This measures
+(`pdalign.policy.models.reference_mode`), so no second copy of the weights is held. This measures
 what that saves: one DPO step (policy forward, reference forward, backward, AdamW step) on
 the embedded SmolLM2-135M + LoRA (r=16, q/k/v/o), 4 pairs of 256-token sequences, each mode
 in a fresh process whose peak RSS (VmHWM) is its own. The ``frozen_copy`` mode deep-copies
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from pdalign.atomic import write_text
+from pdalign.runfiles.atomic import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("adapter_disabled", "frozen_copy")
@@ -36,9 +36,9 @@ def _vmhwm_mb() -> float:
 def child(mode: str, model_name: str, seq_len: int, pairs: int) -> dict:
     import torch
 
-    from pdalign.logprobs import sequence_logps
-    from pdalign.losses import DPO
-    from pdalign.models import apply_peft, frozen_copy, load_model
+    from pdalign.objectives.preference import DPO
+    from pdalign.policy.logprobs import sequence_logps
+    from pdalign.policy.models import apply_peft, frozen_copy, load_model
 
     torch.manual_seed(0)
     model, tok = load_model(model_name)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pdalign.atomic import write_text
-from pdalign.certificate import eval_key
-from pdalign.report import collect_runs
+from pdalign.reporting.runs import collect_runs
+from pdalign.runfiles.atomic import write_text
+from pdalign.runfiles.metrics import eval_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 from bench_step import read_kinds  # noqa: E402  (the one parser of bench.json)
@@ -344,11 +344,11 @@ def ablation_values(sweep: Path) -> dict[str, str]:
 
 def iterative_values(run: Path) -> dict[str, str]:
     """The iterative on-policy run (``experiments/results/iterative/``, `pdalign-iterate
-    experiment=iterative`): its settings and round table, read through pdalign.iterative's
+    experiment=iterative`): its settings and round table, read through pdalign.iterative.loop's
     one parser; the direction of the held-out refusal rate is stated from the numbers."""
     from omegaconf import OmegaConf
 
-    from pdalign.iterative import read_initial, read_rounds
+    from pdalign.runfiles.rounds import read_initial, read_rounds
 
     rounds, initial = read_rounds(run), read_initial(run)
     # benign over-refusal of the start model and the last policy (iterative_over_refusal.py)
@@ -456,7 +456,7 @@ def check_claims(results: Path = RESULTS) -> None:
         "lambda_next/length")[1][0], "the text says PID reaches the cap a step earlier"
     for run in (pid, capped):  # "no oscillation": λ_KL never falls by more than 0.05 a step
         assert np.diff(run.series("lambda_next/kl_budget")[1]).min() > -0.05, run.name
-    from pdalign.iterative import read_rounds
+    from pdalign.runfiles.rounds import read_rounds
 
     for r in read_rounds(results / "iterative"):  # "λ rose in every round that violated ε"
         if r["rate"]["refusal"] > r["eps"]["refusal"]:

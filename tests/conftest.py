@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    """The embedded SmolLM2-135M-Instruct tokenizer (real vocab and chat template), offline."""
-    from pdalign.models import load_tokenizer
-
-    return load_tokenizer("tiny")
-
-
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -50,7 +42,7 @@ def pdalign_train(args: list[str], *, log: Path | None = None, timeout: float = 
     import sys
 
     exe = Path(sys.executable).with_name("pdalign-train")
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "pdalign.train"]
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "pdalign.cli.train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
     cwd = Path(__file__).resolve().parent.parent
@@ -73,7 +65,7 @@ BF16 = "train.dtype=bf16"
 
 def auto_dtype():
     """The dtype ``train.dtype=auto`` resolves to on this machine (and under the forcing env)."""
-    from pdalign.models import resolve_dtype
+    from pdalign.policy.precision import resolve_dtype
 
     return resolve_dtype("auto", "cpu")
 
@@ -93,7 +85,7 @@ def rel_tol(dtype) -> float:
 def pytest_report_header(config):
     import os
 
-    from pdalign.models import FORCE_DTYPE_ENV, cpu_has_fast_bf16
+    from pdalign.policy.precision import FORCE_DTYPE_ENV, cpu_has_fast_bf16
 
     forced = os.environ.get(FORCE_DTYPE_ENV)
     how = f"forced by {FORCE_DTYPE_ENV}={forced}" if forced else (
@@ -129,3 +121,54 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+# ---- fixtures shared by the test modules -----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded SmolLM2-135M-Instruct tokenizer (real vocab and chat template), offline."""
+    from pdalign.policy.models import load_tokenizer
+
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, tokenizer) of the 2-layer tiny Llama, one fresh copy per test module."""
+    from pdalign.policy.models import load_model
+
+    return load_model("tiny")
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    """A JSONL prompt set of 10 short questions."""
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n"
+                            for i in range(10)))
+    return path
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a command or the trainer gets as far as loading a model: proves a bad
+    input was caught before it."""
+    import pdalign.training.build
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model loaded before the bad input was caught")
+
+    monkeypatch.setattr(pdalign.training.build, "load_model", forbidden)
+
+
+def script_json(script: Path, timeout: float) -> dict:
+    """Run an experiments/ script with ``--json`` as users and outside checks do (one thread),
+    and parse its last stdout line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(script), "--json"], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,22 +12,22 @@ from pathlib import Path
 
 import torch
 
-import pdalign.dual
-import pdalign.losses
-from pdalign.trainer import train
+import pdalign.objectives.losses
+import pdalign.training.dual
+from pdalign.training.trainer import train
 from tests.conftest import compose, tiny_overrides
 
 
 def main(out: str, nan_step: int | None = None) -> None:
     seen = []
-    update = pdalign.dual.DualState.update
+    update = pdalign.training.dual.DualState.update
 
     def recording(self, g_hat, epsilon):
         lam = update(self, g_hat, epsilon)
         seen.append({"g": [float(x) for x in g_hat], "lambda": lam.tolist()})
         return lam
 
-    pdalign.dual.DualState.update = recording
+    pdalign.training.dual.DualState.update = recording
     import accelerate
 
     local = []
@@ -40,7 +40,7 @@ def main(out: str, nan_step: int | None = None) -> None:
 
     accelerate.Accelerator.reduce = recording_reduce
     if nan_step is not None and os.environ["RANK"] == "1":  # torchrun's rank of this process  # this rank alone gets a NaN loss at nan_step
-        call = pdalign.losses.DPO.__call__
+        call = pdalign.objectives.preference.DPO.__call__
         calls = []
 
         def nan_once(self, *args, **kwargs):
@@ -48,7 +48,7 @@ def main(out: str, nan_step: int | None = None) -> None:
             calls.append(1)
             return (losses * float("nan") if len(calls) == nan_step else losses), metrics
 
-        pdalign.losses.DPO.__call__ = nan_once
+        pdalign.objectives.preference.DPO.__call__ = nan_once
     torch.set_num_threads(1)
     cfg = compose(tiny_overrides(
         "method=primal_dual", "constraints=[refusal,kl_budget,length]", "train.steps=4",

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-import pdalign.losses
-from pdalign.trainer import train
+import pdalign.objectives.losses
+from pdalign.training.trainer import train
 from tests.conftest import compose, tiny_overrides
 
 
 def main(out: str, heldout: str) -> None:
     calls, eval_calls = [], [0]
-    reference_point = pdalign.losses.kto_reference_point
+    reference_point = pdalign.objectives.kto.kto_reference_point
 
     def recording(policy_kl_logps, ref_kl_logps, reduce_mean=None):
         z0 = reference_point(policy_kl_logps, ref_kl_logps, reduce_mean)
@@ -30,7 +30,7 @@ def main(out: str, heldout: str) -> None:
                           "z0": float(z0)})
         return z0
 
-    pdalign.losses.kto_reference_point = recording
+    pdalign.objectives.kto.kto_reference_point = recording
     torch.set_num_threads(1)
     cfg = compose(tiny_overrides("method=kto", "data.unpair=true", "train.steps=3",
                                  "train.batch_size=2", "train.lr=5e-2", f"data.heldout={heldout}",

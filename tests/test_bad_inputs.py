@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-import pdalign.build
-import pdalign.checkpoint
-from pdalign.trainer import train
+import pdalign.training.build
+import pdalign.training.checkpoint
+from pdalign.training.trainer import train
 from tests.conftest import FIXTURES, compose, pdalign_train, tiny_overrides
 
 GOOD = {"prompt": "Describe a red apple.", "chosen": "It is red.", "rejected": "No."}
@@ -20,7 +20,7 @@ LATIN1 = (json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "chosen": "Caf\u00e9 au 
 
 
 def _range_error(key, value, must, meaning, default, verdict="is out of range"):
-    """The message `pdalign.config.check_ranges` gives, as a regex."""
+    """The message `pdalign.training.config.check_ranges` gives, as a regex."""
     return re.escape(f"{key}={value} {verdict}: it must be {must} ({meaning}). Set {key} to "
                      f"{must}, e.g. the default {key}={default}") + "$"
 
@@ -178,15 +178,6 @@ CASES = {
 }
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if the trainer gets as far as loading the model."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the model loaded before the bad input was caught")
-
-    monkeypatch.setattr(pdalign.build, "load_model", forbidden)
-
-
 def _overrides(tmp_path, data, extra):
     overrides = [o.replace("{tmp}", str(tmp_path)) for o in extra]
     if isinstance(data, dict):
@@ -261,7 +252,7 @@ def test_bad_resume_path_names_train_resume(tmp_path, no_model):
 
 def test_utf8_with_a_byte_order_mark_is_read(tmp_path):
     """Excel and Notepad write UTF-8 with a BOM; it is UTF-8, so it is not a line-1 error."""
-    from pdalign.data import load_preference_rows
+    from pdalign.data.preference import load_preference_rows
 
     (tmp_path / "data.jsonl").write_bytes(json.dumps(GOOD).encode("utf-8-sig"))
     rows, _ = load_preference_rows(tmp_path / "data.jsonl")
@@ -278,7 +269,7 @@ def test_fewer_pairs_than_the_batch_size(tmp_path):
 
 def test_disk_full_while_checkpointing_leaves_only_complete_checkpoints(tmp_path, monkeypatch):
     saves = []
-    real_save = pdalign.checkpoint.torch.save
+    real_save = pdalign.training.checkpoint.torch.save
 
     def filling_disk(obj, path, *args, **kwargs):
         if "/.step-2-" in str(path):  # the second checkpoint's temp dir
@@ -288,7 +279,7 @@ def test_disk_full_while_checkpointing_leaves_only_complete_checkpoints(tmp_path
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(pdalign.checkpoint.torch, "save", filling_disk)
+    monkeypatch.setattr(pdalign.training.checkpoint.torch, "save", filling_disk)
     cfg = compose(tiny_overrides("train.steps=3", "train.checkpoint_every=1"))
     with pytest.raises(OSError) as err:
         train(cfg, tmp_path / "run")
@@ -296,7 +287,7 @@ def test_disk_full_while_checkpointing_leaves_only_complete_checkpoints(tmp_path
                     r"left on device\); nothing was left half-written\. Free disk space, lower "
                     r"train\.keep_last, or point the run dir elsewhere", str(err.value))
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-1"]
-    monkeypatch.setattr(pdalign.checkpoint.torch, "save", real_save)
+    monkeypatch.setattr(pdalign.training.checkpoint.torch, "save", real_save)
     summary = train(compose(tiny_overrides("train.steps=3", "train.checkpoint_every=1",
                                            "train.resume=auto")), tmp_path / "run")
     assert summary["steps"] == 3  # and the run continues from step-1 once there is room
@@ -306,7 +297,7 @@ def test_disk_full_while_checkpointing_leaves_only_complete_checkpoints(tmp_path
 
 CLI = {
     "malformed_jsonl": (["data.train={tmp}/data.jsonl"],
-                        r"^pdalign\.data\.PreferenceDataError: .*data\.jsonl, line 2: invalid "
+                        r"^pdalign\.data\.readers\.PreferenceDataError: .*data\.jsonl, line 2: invalid "
                         r"JSON \(.*\)\. Fix: repair or delete this line"),
     "unknown_key": (["train.stepz=3"],
                     r"^Could not override 'train\.stepz'\.$"),
@@ -339,7 +330,7 @@ def test_bad_input_through_the_cli_exits_non_zero_with_the_clear_line(tmp_path, 
 def test_atomic_dir_replaces_whole_or_leaves_the_old_one(tmp_path):
     """A failure while filling leaves the old directory as it was and no temp dir behind; a
     success replaces it whole (no file of the old one survives)."""
-    from pdalign.atomic import atomic_dir
+    from pdalign.runfiles.atomic import atomic_dir
 
     out = tmp_path / "export"
     out.mkdir()

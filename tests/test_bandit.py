@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import script_json
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "bandit_kkt.py"
 
@@ -17,10 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "bandit_kkt.py"
 @pytest.fixture(scope="module")
 def summary() -> dict:
     """Run the script as users and outside checks do, and parse its last stdout line."""
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--json"], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return script_json(SCRIPT, timeout=120)
 
 
 def test_constraint_binds_and_lambda_star_is_kkt(summary):

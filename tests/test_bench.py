@@ -41,7 +41,7 @@ def test_fixed_rows_are_exactly_seq_len_tokens(tokenizer, tmp_path):
 
 def test_matmul_params_counts_a_tied_head_once_as_matmul():
     """N = non-embedding params + the LM head: for a tied tiny Llama that is every parameter."""
-    from pdalign.models import build_tiny
+    from pdalign.policy.models import build_tiny
 
     bench = _load_bench()
     model = build_tiny(100, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,

@@ -1,4 +1,4 @@
-"""Every shipped config composes (STYLE rule 9) and passes its own checks, and config mistakes
+"""Every shipped config composes and passes its own checks, and config mistakes
 are one clear error."""
 
 import copy
@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from pdalign.config import RANGES, check_config, check_ranges, known_keys
+from pdalign.training.config import RANGES, check_config, check_ranges, known_keys
 from tests.conftest import CONF_DIR, compose
 
 CONF = Path(CONF_DIR)
@@ -74,7 +74,7 @@ def test_unknown_key_is_one_clear_error():
 
 
 def test_unknown_constraint_names_the_available_ones():
-    from pdalign.train import check_constraint_names
+    from pdalign.training.config import check_constraint_names
 
     with pytest.raises(HydraException, match="constraints/nope"):
         compose(["constraints=[nope]"])
@@ -88,7 +88,7 @@ def test_unknown_constraint_names_the_available_ones():
 def test_a_typo_inside_a_yaml_file_is_caught_with_a_suggestion():
     from omegaconf import OmegaConf, open_dict
 
-    from pdalign.config import check_config
+    from pdalign.training.config import check_config
 
     cfg = compose(["model=tiny"])
     check_config(cfg)  # the shipped config is clean
@@ -102,7 +102,7 @@ def test_a_typo_inside_a_yaml_file_is_caught_with_a_suggestion():
 def test_free_form_mappings_accept_user_keys():
     from omegaconf import open_dict
 
-    from pdalign.config import check_config
+    from pdalign.training.config import check_config
 
     cfg = compose(["model=tiny", "data.columns.prompt=question"])
     with open_dict(cfg):

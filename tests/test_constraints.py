@@ -16,20 +16,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pdalign.constraint import (
-    BatchConstraint,
-    ConstraintEstimate,
-    RolloutConstraint,
-    bundled_prompt_sets,
-    importance_weights,
-    load_prompts,
-    score_function_estimate,
-)
 from pdalign.constraints.kl_budget import KLBudget
 from pdalign.constraints.length import Length
 from pdalign.constraints.refusal import PhraseRefusalDetector, Refusal
 from pdalign.constraints.toxicity import ProfanityCheckScorer, Toxicity
-from pdalign.logprobs import SequenceLogps
+from pdalign.contract.base import BatchConstraint, ConstraintEstimate
+from pdalign.contract.prompts import bundled_prompt_sets, load_prompts
+from pdalign.contract.rollout import RolloutConstraint, importance_weights, score_function_estimate
+from pdalign.policy.logprobs import SequenceLogps
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -276,7 +270,7 @@ def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
                      "adversarial_shifted": 60, "benign": 120, "benign_framed": 240,
                      "benign_heldout": 60, "provocative": 80, "provocative_heldout": 40,
                      "unseen_benign": 30, "unseen_harmful": 30}
-    from pdalign.constraint import bundled_prompts_dir
+    from pdalign.contract.prompts import bundled_prompts_dir
 
     for name in sizes:
         assert (bundled_prompts_dir() / f"{name}.md").is_file()
@@ -329,9 +323,9 @@ def test_every_constraint_yaml_composes_and_instantiates():
 
 def test_user_rollout_constraint_end_to_end_through_instantiate(tmp_path):
     """Config -> instantiate -> generate -> cost -> estimate -> backward on LoRA weights,
-    with the real pdalign.logprobs.sequence_logps."""
-    from pdalign.models import apply_peft, load_model
-    from pdalign.rollout import RolloutManager
+    with the real pdalign.policy.logprobs.sequence_logps."""
+    from pdalign.contract.manager import RolloutManager
+    from pdalign.policy.models import apply_peft, load_model
 
     prompts = tmp_path / "questions.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Tell me fact number {i}."}) + "\n"
@@ -364,8 +358,8 @@ def test_user_batch_constraint_through_instantiate():
 
 
 def test_length_relative_mode_calibrates_from_a_reference_rollout():
-    from pdalign.models import load_model
-    from pdalign.rollout import RolloutManager
+    from pdalign.contract.manager import RolloutManager
+    from pdalign.policy.models import load_model
 
     model, tok = load_model("tiny")
     con = Length(epsilon=None, prompts="benign_heldout", relative_to_reference=True, ratio=1.5)

@@ -11,20 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pdalign.data import (
+from pdalign.data.features import (
     IGNORE_INDEX,
-    QUICKSTART,
-    QUICKSTART_HELDOUT,
     PreferenceCollator,
-    PreferenceDataError,
     build_dataset,
-    bundled_path,
     collate,
-    load_preference_rows,
-    split_heldout,
     tokenize_pair,
     tokenize_rows,
 )
+from pdalign.data.preference import load_preference_rows, split_heldout
+from pdalign.data.readers import QUICKSTART, QUICKSTART_HELDOUT, PreferenceDataError, bundled_path
 
 PAIRS = [
     {"prompt": "What is the capital of France?", "chosen": "Paris is the capital of France.",

@@ -38,7 +38,7 @@ def test_lambda_identical_on_two_ranks(tmp_path):
     assert ranks[0]["lambda"] == ranks[1]["lambda"]
     assert a[-1]["lambda"][2] > 0  # the length bound of 1 token is violated: lambda moved
     # length runs its stop estimator (dist_worker), on stop log-probs from the shared forward
-    from pdalign.logging import read_metrics
+    from pdalign.runfiles.metrics import read_metrics
 
     steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert len(steps) == 4 and all(0 < r["stat/length/stop_prob"] < 1 for r in steps)
@@ -50,7 +50,7 @@ def test_a_nan_on_one_rank_skips_the_step_on_both(tmp_path):
     """Rank 1 alone gets a NaN loss at step 2. Both ranks must skip that step (no backward, no
     dual update) and go on in lockstep: had rank 1 skipped alone, rank 0 would wait in DDP's
     gradient all-reduce for a backward that never comes."""
-    from pdalign.logging import read_metrics
+    from pdalign.runfiles.metrics import read_metrics
 
     ranks = _two_ranks(tmp_path, "2", port=29518)
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
@@ -89,7 +89,7 @@ def _torchrun_train(run: Path, *args: str, port: int, log: Path | None = None):
     running Popen, else the finished result."""
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m",
-           "pdalign.train", *RUN, *args, f"hydra.run.dir={run}"]
+           "pdalign.cli.train", *RUN, *args, f"hydra.run.dir={run}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
     if log is None:
@@ -147,8 +147,8 @@ def test_kill_and_resume_on_two_ranks_retraces_the_uninterrupted_run(tmp_path):
 
     import torch
 
-    from pdalign import checkpoint as ckpt
-    from pdalign.logging import read_metrics, split_records
+    from pdalign.runfiles.metrics import read_metrics, split_records
+    from pdalign.training import checkpoint as ckpt
 
     full = _torchrun_train(tmp_path / "full", port=29521)
     assert full.returncode == 0, full.stderr[-4000:]

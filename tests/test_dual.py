@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from pdalign.dual import DualState
+from pdalign.training.dual import DualState
 
 
 def v(*xs: float) -> torch.Tensor:

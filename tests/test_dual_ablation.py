@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_tree_close
+from tests.conftest import assert_tree_close, script_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "dual_ablation.py"
@@ -18,10 +15,7 @@ SCRIPT = ROOT / "experiments" / "dual_ablation.py"
 
 @pytest.fixture(scope="module")
 def summary() -> dict:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--json"], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return script_json(SCRIPT, timeout=300)
 
 
 def _row(summary, scenario, rule, eta, cap):

@@ -12,32 +12,27 @@ import torch
 from omegaconf import OmegaConf
 from scipy.stats import beta, binom
 
-import pdalign.evaluate as ev
-from pdalign.bounds import (
+import pdalign.evaluation.heldout as ev
+from pdalign.cli.eval import main as eval_main
+from pdalign.constraints.kl_budget import KLBudget
+from pdalign.constraints.length import Length
+from pdalign.constraints.refusal import Refusal
+from pdalign.constraints.toxicity import Toxicity
+from pdalign.contract.manager import Rollout
+from pdalign.contract.rollout import RolloutConstraint
+from pdalign.data.features import build_dataset, collate
+from pdalign.evaluation.bounds import (
     bounded_mean_upper,
     clopper_pearson_upper,
     student_t_upper,
     wilson_interval,
 )
-from pdalign.certificate import (
-    certificate,
-    eval_key,
-    parse_eval_key,
-    render_certificate,
-    violation_drift,
-)
-from pdalign.constraint import RolloutConstraint
-from pdalign.constraints.kl_budget import KLBudget
-from pdalign.constraints.length import Length
-from pdalign.constraints.refusal import Refusal
-from pdalign.constraints.toxicity import Toxicity
-from pdalign.data import build_dataset, collate
-from pdalign.eval_cli import main as eval_main
-from pdalign.evaluate import eval_kwargs, evaluate
-from pdalign.logprobs import sequence_logps
-from pdalign.losses import DPO, SimPO
-from pdalign.models import apply_peft, load_model
-from pdalign.rollout import Rollout
+from pdalign.evaluation.certificate import certificate, render_certificate, violation_drift
+from pdalign.evaluation.heldout import eval_kwargs, evaluate
+from pdalign.objectives.preference import DPO, SimPO
+from pdalign.policy.logprobs import sequence_logps
+from pdalign.policy.models import apply_peft, load_model
+from pdalign.runfiles.metrics import eval_key, parse_eval_key
 from tests.conftest import FIXTURES, compose, tiny_overrides
 
 FAST = {"prompts_per_set": 3, "max_new_tokens": 4, "batch_size": 3, "progress": False}
@@ -318,7 +313,7 @@ def test_eval_config_composes_into_evaluate_kwargs():
 # ---- pdalign-eval ------------------------------------------------------------------------------
 
 def test_cli_on_a_two_step_run(tmp_path, capsys):
-    from pdalign.trainer import train
+    from pdalign.training.trainer import train
 
     held = tmp_path / "held.jsonl"
     held.write_text("".join((FIXTURES / "pairs.jsonl").read_text().splitlines(True)[:4]))

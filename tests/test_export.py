@@ -18,15 +18,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import pdalign.build
-from pdalign import build
-from pdalign.battery import main as battery_main
-from pdalign.certificate import certificate
+from pdalign.cli.battery import main as battery_main
+from pdalign.cli.export import main as export_main
+from pdalign.cli.generate import main as generate_main
 from pdalign.constraints.refusal import PhraseRefusalDetector
-from pdalign.export import main as export_main
-from pdalign.generate import main as generate_main
-from pdalign.logging import read_metrics, split_records
-from pdalign.models import autocast, dequantized_state_dict
+from pdalign.evaluation.certificate import certificate
+from pdalign.policy.models import dequantized_state_dict
+from pdalign.policy.precision import autocast
+from pdalign.runfiles.metrics import read_metrics, split_records
+from pdalign.training import build
 from tests.conftest import FIXTURES, FP32, auto_dtype, compose, rel_tol, tiny_overrides
 
 CPU = torch.device("cpu")
@@ -35,7 +35,7 @@ CPU = torch.device("cpu")
 def _train(root: Path, *overrides: str) -> Path:
     """A finished run dir as pdalign-train leaves it: checkpoint, metrics, manifest,
     config.yaml and summary.json."""
-    from pdalign.trainer import train
+    from pdalign.training.trainer import train
 
     cfg = compose(tiny_overrides("train.steps=2", *overrides))
     run = root / "run"
@@ -282,14 +282,6 @@ def test_battery_fails_on_a_violated_certificate_and_passes_a_met_one(lora_run, 
 
 
 # ---- bad input --------------------------------------------------------------------------------
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if a command gets as far as loading a model."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a model loaded before the bad input was caught")
-
-    monkeypatch.setattr(pdalign.build, "load_model", forbidden)
 
 
 def test_bad_input_is_one_line_naming_the_flag_before_any_model(lora_run, prompts, tmp_path,

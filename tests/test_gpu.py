@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from pdalign.logging import read_metrics, split_records
-from pdalign.logprobs import sequence_logps
-from pdalign.models import build_tiny, resolve_dtype
-from pdalign.trainer import train
+from pdalign.policy.logprobs import sequence_logps
+from pdalign.policy.models import build_tiny
+from pdalign.policy.precision import resolve_dtype
+from pdalign.runfiles.metrics import read_metrics, split_records
+from pdalign.training.trainer import train
 from tests.conftest import compose, tiny_overrides
 
 pytestmark = [pytest.mark.gpu,
@@ -105,7 +106,7 @@ def test_fsdp2_primal_dual_on_two_gpus_lambda_identical_and_resumes(tmp_path):
            "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT", "PYTHONPATH": str(root)}
     run = tmp_path / "run"
     base = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m",
-            "pdalign.train", *tiny_overrides("method=primal_dual", ALL4, *FAST_ROLLOUT),
+            "pdalign.cli.train", *tiny_overrides("method=primal_dual", ALL4, *FAST_ROLLOUT),
             "train.checkpoint_every=2", f"hydra.run.dir={run}"]
     first = subprocess.run([*base, "train.steps=4"], cwd=root, env=env, capture_output=True,
                            text=True, timeout=300)

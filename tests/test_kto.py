@@ -16,20 +16,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pdalign.build
-from pdalign.data import (
-    PreferenceDataError,
+import pdalign.training.build
+from pdalign.data.features import build_dataset, collate, tokenize_unpaired
+from pdalign.data.preference import (
     UnpairedRow,
-    build_dataset,
-    collate,
     load_preference_rows,
     load_unpaired_rows,
-    tokenize_unpaired,
     unpair_rows,
 )
-from pdalign.logging import read_metrics, split_records
-from pdalign.losses import KTO, kto_loss, kto_reference_point
-from pdalign.trainer import train
+from pdalign.data.readers import PreferenceDataError
+from pdalign.objectives.kto import KTO, kto_loss, kto_reference_point
+from pdalign.runfiles.metrics import read_metrics, split_records
+from pdalign.training.trainer import train
 from tests.conftest import FIXTURES, FP32, compose, tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,8 +194,8 @@ def test_parity_with_trl_on_a_tiny_model(tokenizer):
     on its own through the full model, full-vocabulary log_softmax, completion tokens summed,
     then TRL's formula. A policy and a reference with different random decoder weights and
     the same LM head (as every pdalign reference has: the frozen head, or a copy of it)."""
-    from pdalign.logprobs import sequence_logps
-    from pdalign.models import build_tiny
+    from pdalign.policy.logprobs import sequence_logps
+    from pdalign.policy.models import build_tiny
 
     policy = build_tiny(len(tokenizer), seed=0).double().eval()
     ref = build_tiny(len(tokenizer), seed=1).double().eval()
@@ -278,7 +276,7 @@ def test_imbalanced_training_data_warns_at_start_before_the_model(tmp_path, toke
             for i in range(40)]  # 30 desirable, 10 undesirable
     cfg = compose(tiny_overrides("method=kto", f"data.train={write_jsonl(tmp_path / 'u.jsonl', rows)}"))
     with caplog.at_level(logging.WARNING, logger="pdalign"):
-        train_set, _, _ = pdalign.build.build_datasets(cfg, tokenizer)
+        train_set, _, _ = pdalign.training.build.build_datasets(cfg, tokenizer)
     assert sum(f["label"] for f in train_set) == 30
     assert "30 desirable and 10 undesirable" in caplog.text
     assert "undesirable_weight in [2.26, 3.0]" in caplog.text
@@ -410,14 +408,6 @@ def test_collate_rotates_completions_within_the_batch(tokenizer):
 
 
 # ---- start-up errors, before the model ---------------------------------------------------------
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the model loaded before the bad input was caught")
-
-    monkeypatch.setattr(pdalign.build, "load_model", forbidden)
 
 
 @pytest.mark.parametrize("overrides, pattern", [

@@ -10,7 +10,7 @@ import pickle
 
 from omegaconf import OmegaConf
 
-from pdalign.logging import read_metrics, split_records
+from pdalign.runfiles.metrics import read_metrics, split_records
 from tests.conftest import pdalign_train, tiny_overrides
 
 

@@ -22,19 +22,14 @@ import math
 import pytest
 import torch
 
-from pdalign.constraint import StopLogps
 from pdalign.constraints.length import Length
-from pdalign.logging import read_metrics, split_records
-from pdalign.logprobs import SequenceLogps, sequence_logps
-from pdalign.models import load_model
-from pdalign.rollout import RolloutManager, right_pad
-from pdalign.trainer import train
+from pdalign.contract.base import StopLogps
+from pdalign.contract.manager import RolloutManager
+from pdalign.policy.logprobs import SequenceLogps, sequence_logps
+from pdalign.policy.sampling import right_pad
+from pdalign.runfiles.metrics import read_metrics, split_records
+from pdalign.training.trainer import train
 from tests.conftest import FP32, compose, tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny")
 
 
 def _params(model):
@@ -79,7 +74,7 @@ def _stopping(model, tok):
     2e-5 to between ~0.002 and ~0.4 along these rows, where dividing by 1 - h_s is visible."""
     import copy
 
-    from pdalign.rollout import chat_prompt_ids
+    from pdalign.policy.sampling import chat_prompt_ids
 
     model = copy.deepcopy(model)
     ids = torch.tensor([chat_prompt_ids(tok, "Question x x ?") + [1011, 1012, 1013, 1014]])
@@ -219,17 +214,17 @@ def test_trainer_runs_the_stop_estimator_in_both_forward_paths(tmp_path, monkeyp
     once with the rollout rows in their own forward (one process) and once in the pairs'
     forward (what DDP runs; forced here on one process): the same run to fp32 rounding in g,
     lambda and the stop probability, and the logged signal says flat costs are not silent."""
-    import pdalign.trainer
+    import pdalign.training.trainer
 
     runs = {}
-    original = pdalign.trainer.setup
+    original = pdalign.training.trainer.setup
     for shared in (False, True):
         def forced(cfg, run_dir, shared=shared):
             s, state = original(cfg, run_dir)
             s.shared_forward = shared
             return s, state
 
-        monkeypatch.setattr(pdalign.trainer, "setup", forced)
+        monkeypatch.setattr(pdalign.training.trainer, "setup", forced)
         cfg = compose(tiny_overrides(
             "method=primal_dual", "constraints=[length]", FP32, "train.steps=2",
             "constraints.length.estimator=stop", "constraints.length.epsilon=2",

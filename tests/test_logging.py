@@ -2,8 +2,8 @@
 
 import json
 
-from pdalign.logging import MetricsLogger, read_metrics, split_records
-from pdalign.trainer import train
+from pdalign.runfiles.metrics import MetricsLogger, read_metrics, split_records
+from pdalign.training.trainer import train
 from tests.conftest import compose, tiny_overrides
 
 

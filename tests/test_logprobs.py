@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pdalign.logprobs import sequence_logps, token_logprobs
-from pdalign.models import apply_peft, build_tiny
+from pdalign.policy.logprobs import sequence_logps, token_logprobs
+from pdalign.policy.models import apply_peft, build_tiny
 
 V = 97  # a small vocabulary keeps the naive (N, T, V) reference cheap
 
@@ -74,7 +74,7 @@ def test_vocabulary_pieces_match_full_log_softmax(layout, monkeypatch):
     each, or one piece (the layout on a GPU, run here on CPU): values (with and without
     gradient), reference log-probs, KL and both gradients equal the full log_softmax over the
     whole vocabulary."""
-    from pdalign import logprobs
+    from pdalign.policy import logprobs
 
     piece = logprobs._VOCAB_PIECE
     vocab = 2 * piece + 904
@@ -157,7 +157,7 @@ def test_adapter_disabled_reference_equals_the_base_model_loaded_fresh():
 
 
 def test_frozen_copy_reference_for_a_model_without_adapter():
-    from pdalign.models import frozen_copy
+    from pdalign.policy.models import frozen_copy
 
     model = build_tiny(V, seed=0)
     ref = frozen_copy(model)
@@ -173,7 +173,7 @@ def test_frozen_copy_reference_for_a_model_without_adapter():
 @pytest.mark.parametrize("every", [1, 2])
 def test_activation_checkpointing_gives_the_same_logps_and_gradients(every):
     """Recomputing decoder activations in backward changes memory, not math."""
-    from pdalign.models import enable_activation_checkpointing
+    from pdalign.policy.models import enable_activation_checkpointing
 
     ids, mask, labels = _batch()
     results = []
@@ -218,7 +218,7 @@ def _assert_same_gradients(model, w, out, logp, kl):
 
 
 def _pair_batch(prompts, chosen, rejected, extra=()):
-    """[chosen ; rejected] rows as `pdalign.data.collate` lays them out (right-padded), plus
+    """[chosen ; rejected] rows as `pdalign.data.features.collate` lays them out (right-padded), plus
     ``extra`` (prompt, response) rows that share nothing (rollout rows under DDP)."""
     return _group_batch(prompts, [chosen, rejected], extra)
 
@@ -362,7 +362,7 @@ def test_shared_prompt_refuses_rows_that_do_not_share_a_prompt():
 def test_shared_prompt_under_activation_checkpointing_falls_back_to_full_rows(group):
     """transformers drops the KV cache in checkpointed layers while training, so the rows run
     whole there: same numbers, and no continuation that silently lost its prompt."""
-    from pdalign.models import enable_activation_checkpointing
+    from pdalign.policy.models import enable_activation_checkpointing
 
     model = build_tiny(V, seed=0)
     enable_activation_checkpointing(model, 1)
@@ -418,7 +418,7 @@ def test_grouped_prompt_runs_each_prompt_once_and_refuses_another_layout():
 
 def test_lm_head_chunks_are_larger_on_a_gpu():
     """CPU: ~8 Mi logits per chunk (cache); GPU: 64 Mi (launches, not cache, cost there)."""
-    from pdalign import logprobs
+    from pdalign.policy import logprobs
 
     assert logprobs._chunk_size(49152) == (1 << 23) // 49152 == 170
     assert logprobs._chunk_size(49152, torch.device("cpu")) == 170

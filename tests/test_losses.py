@@ -9,16 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pdalign.losses import (
-    DPO,
-    ORPO,
-    SimPO,
-    dpo_loss,
-    nll_loss,
-    orpo_loss,
-    preference_metrics,
-    simpo_loss,
-)
+from pdalign.objectives.losses import dpo_loss, nll_loss, orpo_loss, preference_metrics, simpo_loss
+from pdalign.objectives.preference import DPO, ORPO, SimPO
 
 
 def t(*xs: float, dtype: torch.dtype = torch.float64, grad: bool = False) -> torch.Tensor:

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from pdalign import models
-from pdalign.models import EMBEDDED, apply_peft, build_tiny, load_model, resolve_dtype
+from pdalign.policy import models, precision
+from pdalign.policy.models import EMBEDDED, apply_peft, build_tiny, load_model
+from pdalign.policy.precision import resolve_dtype
 
 
 @pytest.mark.slow
@@ -47,12 +48,12 @@ def test_unknown_model_path_names_the_fix():
 
 
 def test_dtype_rule_by_cpu_capability(monkeypatch):
-    monkeypatch.delenv(models.FORCE_DTYPE_ENV, raising=False)  # the rule itself, unforced
+    monkeypatch.delenv(precision.FORCE_DTYPE_ENV, raising=False)  # the rule itself, unforced
     assert resolve_dtype("fp32") == torch.float32
     assert resolve_dtype("bf16") == torch.bfloat16
-    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
     assert resolve_dtype("auto", "cpu") == torch.bfloat16
-    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     assert resolve_dtype("auto", "cpu") == torch.float32
     with pytest.raises(ValueError, match="train.dtype='fp16'"):
         resolve_dtype("fp16")
@@ -61,15 +62,15 @@ def test_dtype_rule_by_cpu_capability(monkeypatch):
 def test_forced_dtype_replaces_the_auto_answer_on_cpu_only(monkeypatch):
     """PDALIGN_TEST_DTYPE runs the suite as another CPU kind would: it replaces what auto
     answers on a CPU, never an explicit dtype, never CUDA's rule; a bad value names itself."""
-    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
-    monkeypatch.setenv(models.FORCE_DTYPE_ENV, "bf16")
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setenv(precision.FORCE_DTYPE_ENV, "bf16")
     assert resolve_dtype("auto", "cpu") == torch.bfloat16
     assert resolve_dtype("fp32", "cpu") == torch.float32
-    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
-    monkeypatch.setenv(models.FORCE_DTYPE_ENV, "fp32")
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv(precision.FORCE_DTYPE_ENV, "fp32")
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
-    monkeypatch.setenv(models.FORCE_DTYPE_ENV, "fp16")
+    monkeypatch.setenv(precision.FORCE_DTYPE_ENV, "fp16")
     with pytest.raises(ValueError, match=r"^PDALIGN_TEST_DTYPE='fp16' is not one of fp32, bf16"):
         resolve_dtype("auto", "cpu")
 
@@ -78,7 +79,7 @@ def test_cpu_capability_matches_proc_cpuinfo():
     with open("/proc/cpuinfo") as fh:
         flags = fh.read()
     expected = "amx_bf16" in flags or "avx512_bf16" in flags
-    assert models.cpu_has_fast_bf16() is expected
+    assert precision.cpu_has_fast_bf16() is expected
 
 
 def test_lora_trains_only_the_adapter():
@@ -94,7 +95,7 @@ def test_qlora_nf4_forward_backward_and_8bit_adamw_on_cpu():
     """bitsandbytes nf4 + double quant + LoRA + AdamW8bit: one real optimizer step."""
     import bitsandbytes as bnb
 
-    from pdalign.logprobs import sequence_logps
+    from pdalign.policy.logprobs import sequence_logps
 
     quant = models.bnb_4bit_config(torch.float32)
     model, _ = load_model("tiny", tiny={"hidden_size": 64}, quantization=quant)
@@ -121,7 +122,7 @@ def test_qlora_gradients_unchanged_by_an_eval_forward_without_grad():
     or AMX CPUs) the gradient through the 4-bit layers was lost; elsewhere nothing repacks."""
     import bitsandbytes as bnb
 
-    from pdalign.logprobs import sequence_logps
+    from pdalign.policy.logprobs import sequence_logps
 
     torch.manual_seed(0)
     quant = models.bnb_4bit_config(torch.float32)

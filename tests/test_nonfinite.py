@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import pdalign.constraints.kl_budget
-import pdalign.losses
-from pdalign.logging import read_metrics
-from pdalign.trainer import train
+import pdalign.objectives.losses
+from pdalign.runfiles.metrics import read_metrics
+from pdalign.training.trainer import train
 from tests.conftest import compose, pdalign_train, tiny_overrides
 
 # kl_budget with eps ~0 and a large dual step: lambda is > 0 from step 2 on, so a NaN that
@@ -43,7 +43,7 @@ def _lambdas(records):
 
 
 def test_nan_loss_in_a_row_skips_steps_then_stops_naming_lr_beta_bf16(tmp_path, monkeypatch):
-    _nan_on_calls(monkeypatch, pdalign.losses.DPO, "__call__", bad=range(3, 100))
+    _nan_on_calls(monkeypatch, pdalign.objectives.preference.DPO, "__call__", bad=range(3, 100))
     with pytest.raises(FloatingPointError) as err:
         train(compose(tiny_overrides(*RUN, "train.steps=10")), tmp_path / "run")
     message = str(err.value)
@@ -62,7 +62,7 @@ def test_nan_loss_in_a_row_skips_steps_then_stops_naming_lr_beta_bf16(tmp_path, 
 @pytest.mark.parametrize("where", ["loss", "constraint estimate"])
 def test_one_nan_step_is_skipped_and_lambda_carries_over_unchanged(tmp_path, monkeypatch, where):
     if where == "loss":
-        _nan_on_calls(monkeypatch, pdalign.losses.DPO, "__call__", bad={3})
+        _nan_on_calls(monkeypatch, pdalign.objectives.preference.DPO, "__call__", bad={3})
     else:
         _nan_on_calls(monkeypatch, pdalign.constraints.kl_budget.KLBudget, "estimate", bad={3},
                       field="value")

@@ -9,14 +9,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from pdalign.build import Policy
-from pdalign.constraint import StepView
 from pdalign.constraints.refusal import DEFAULT_OPENERS, RefusalOpeners
-from pdalign.logging import read_metrics, split_records
-from pdalign.logprobs import SequenceLogps
-from pdalign.models import apply_peft, load_model
-from pdalign.rollout import chat_prompt_ids
-from pdalign.trainer import train
+from pdalign.contract.base import StepView
+from pdalign.policy.logprobs import SequenceLogps
+from pdalign.policy.models import apply_peft, load_model
+from pdalign.policy.sampling import chat_prompt_ids
+from pdalign.runfiles.metrics import read_metrics, split_records
+from pdalign.training.build import Policy
+from pdalign.training.trainer import train
 from tests.conftest import FP32, compose, tiny_overrides
 
 
@@ -81,7 +81,7 @@ def test_rows_score_each_opener_after_its_prompt_exactly(tmp_path):
     rows = con.rows("cpu")
     batch = list(con._batch)
     assert rows["input_ids"].shape[0] == 6
-    from pdalign.logprobs import sequence_logps
+    from pdalign.policy.logprobs import sequence_logps
     with torch.no_grad():
         out = sequence_logps(model, rows["input_ids"], rows["attention_mask"], rows["labels"])
     for k, (i, opener) in enumerate([(i, o) for o in con.openers for i in batch]):
@@ -104,7 +104,7 @@ def test_each_prompt_runs_once_for_all_openers_with_the_same_g_and_gradient():
     openers (here 8, 1 and 2 tokens long, so their rows are ragged) continue from its cache.
     g, the surrogate and its gradient in the adapter equal those of full rows (fp32: two code
     paths for one number)."""
-    from pdalign.logprobs import sequence_logps
+    from pdalign.policy.logprobs import sequence_logps
 
     model, tok = load_model("tiny")
     model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
@@ -142,16 +142,16 @@ def test_shared_prompt_trains_opener_constraints_like_full_rows(tmp_path, monkey
     with train.share_prompt true and false the run is the same run (g, lambda, the opening's
     log-mass, equal to float rounding in fp32; step 2 reads step 1's update, so the surrogates'
     gradients too)."""
-    import pdalign.logprobs
+    import pdalign.policy.logprobs
 
     groups = []
-    original = pdalign.logprobs._shared_prompt_states
+    original = pdalign.policy.logprobs._shared_prompt_states
 
     def recording(model, input_ids, attention_mask, labels, prompts, group=2):
         groups.append(group)
         return original(model, input_ids, attention_mask, labels, prompts, group)
 
-    monkeypatch.setattr(pdalign.logprobs, "_shared_prompt_states", recording)
+    monkeypatch.setattr(pdalign.policy.logprobs, "_shared_prompt_states", recording)
     runs = {}
     for share in ("true", "false"):
         cfg = compose(tiny_overrides(
@@ -224,7 +224,7 @@ def test_primal_dual_with_opener_constraints_raises_the_refusal_opening_on_harmf
     (0.25, "margin=0.25 leaves training bound epsilon - margin = -0.05 out of range"),
 ])
 def test_bad_margin_is_named_before_any_model_loads(margin, message):
-    from pdalign.build import build_constraints
+    from pdalign.training.build import build_constraints
 
     cfg = compose(tiny_overrides("constraints=[refusal_openers]",
                                  f"+constraints.refusal_openers.margin={margin}"))

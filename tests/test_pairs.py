@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from pdalign.build import Policy
-from pdalign.constraint import StepView
 from pdalign.constraints.refusal import RefusalPairs
-from pdalign.logging import read_metrics, split_records
-from pdalign.logprobs import SequenceLogps, sequence_logps
-from pdalign.models import apply_peft, load_model, reference_mode
-from pdalign.trainer import train
+from pdalign.contract.base import StepView
+from pdalign.policy.logprobs import SequenceLogps, sequence_logps
+from pdalign.policy.models import apply_peft, load_model, reference_mode
+from pdalign.runfiles.metrics import read_metrics, split_records
+from pdalign.training.build import Policy
+from pdalign.training.trainer import train
 from tests.conftest import FP32, compose, tiny_overrides
 
 PAIRS = [{"prompt": f"How do I do thing {i}?", "chosen": f"I'm sorry, but I can't do thing {i}.",
@@ -136,12 +136,12 @@ def test_pair_constraint_resume_continues_the_same_batches(tmp_path):
      r"constraints\.refusal_pairs\.own_tokens=0 is out of range: it must be an integer >= 1"),
 ])
 def test_bad_pair_settings_fail_before_the_model(tmp_path, monkeypatch, override, message):
-    import pdalign.build
+    import pdalign.training.build
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the model loaded before the bad input was caught")
 
-    monkeypatch.setattr(pdalign.build, "load_model", forbidden)
+    monkeypatch.setattr(pdalign.training.build, "load_model", forbidden)
     with pytest.raises(ValueError, match=message):
         train(compose(tiny_overrides("method=primal_dual", "constraints=[refusal_pairs]",
                                      override)), tmp_path / "run")
@@ -154,8 +154,8 @@ def test_bundled_pair_sets_are_what_the_generator_writes(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    from pdalign.constraint import bundled_pairs_dir, load_prompts
     from pdalign.constraints.refusal import PhraseRefusalDetector
+    from pdalign.contract.prompts import bundled_pairs_dir, load_prompts
 
     root = Path(__file__).resolve().parent.parent
     spec = importlib.util.spec_from_file_location(
@@ -232,7 +232,7 @@ def test_own_answers_replace_the_bounded_side_with_the_policys_samples(tmp_path)
     exactly the pairs trained on. A detector that calls everything a refusal makes every sample
     cost 0, which disagrees with the bounded side: no pair changes."""
     from pdalign.constraints.refusal import PhraseRefusalDetector
-    from pdalign.rollout import generate
+    from pdalign.policy.sampling import generate
 
     policy = _tiny_policy()
     con = RefusalPairs(epsilon=0.2, pairs=str(_pairs_file(tmp_path)), own_answers="rejected",

@@ -70,7 +70,8 @@ def test_paired_rows_and_headline_match_paired_csv(text):
         wall = paired[method, "wall_time_s"]
         assert f"{float(wall['ratio_median']):.3g}x" in text
     # paired.csv is what pdalign-report computes from the committed runs
-    from pdalign.report import collect_runs, paired_comparison
+    from pdalign.reporting.runs import collect_runs
+    from pdalign.reporting.stats import paired_comparison
 
     fresh = paired_comparison(collect_runs(RESULTS / "compare"))
     assert len(fresh) == len(paired)
@@ -82,7 +83,7 @@ def test_paired_rows_and_headline_match_paired_csv(text):
 
 
 def test_ablation_rows_come_from_the_runs(text):
-    from pdalign.report import collect_runs
+    from pdalign.reporting.runs import collect_runs
 
     runs = [r for r in collect_runs(RESULTS / "ablation") if r.complete]
     assert runs

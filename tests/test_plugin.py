@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pdalign.logging import read_metrics, split_records
+from pdalign.runfiles.metrics import read_metrics, split_records
 from tests.conftest import FIXTURES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def test_a_new_constraint_file_and_yaml_train_with_nothing_else_changed(tmp_path
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pdalign.train", "model=tiny", "method=primal_dual",
+        [sys.executable, "-m", "pdalign.cli.train", "model=tiny", "method=primal_dual",
          "constraints=[digits]", f"data.train={FIXTURES / 'pairs.jsonl'}", "data.heldout=null",
          "logging.wandb=false", "train.batch_size=4", "train.steps=3", "train.rollout_every=1",
          "train.rollout.prompts_per_rollout=4", "train.rollout.max_new_tokens=8",
@@ -78,7 +78,8 @@ def test_a_new_constraint_file_and_yaml_train_with_nothing_else_changed(tmp_path
     config = json.loads((run / "manifest.json").read_text())["config"]
     assert config["constraints"]["digits"]["_target_"] == "pdalign.constraints.digits.Digits"
     unit = subprocess.run(  # the report finds the unit through the run's _target_
-        [sys.executable, "-c", "import sys; from pdalign.report import collect_runs, "
-         "constraint_unit; print(constraint_unit(collect_runs(sys.argv[1]), 'digits'))",
+        [sys.executable, "-c", "import sys; from pdalign.reporting.runs import collect_runs; "
+         "from pdalign.reporting.plots import constraint_unit; "
+         "print(constraint_unit(collect_runs(sys.argv[1]), 'digits'))",
          str(run)], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     assert unit.stdout.strip() == "share of characters", unit.stderr[-2000:]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pdalign.logging import read_metrics, split_records
-from pdalign.trainer import train
+from pdalign.runfiles.metrics import read_metrics, split_records
+from pdalign.training.trainer import train
 from tests.conftest import BF16, FIXTURES, FP32, compose, tiny_overrides
 
 ALL4 = "constraints=[toxicity,refusal,kl_budget,length]"

@@ -25,14 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pdalign.report import (
-    collect_runs,
-    lambda_health,
-    main,
-    signal_health,
-    summarize,
-    write_report,
-)
+from pdalign.cli.report import main
+from pdalign.reporting.runs import collect_runs
+from pdalign.reporting.stats import lambda_health, signal_health, summarize
+from pdalign.reporting.sweep import write_report
 
 EVAL_STEPS = (4, 12, 20)
 EPS = {"refusal": 0.2, "kl_budget": 0.05}
@@ -386,7 +382,7 @@ def test_paired_comparison_by_hand(sweep):
     kl_budget/id 0.3 vs 0.06 for both seeds → Δ −0.24 with a zero-width interval; violation
     0.25 → 0.01, reduction 0.96. pref acc 0.7, 0.8 vs 0.6, 0.7 → Δ −0.1. Wall time ratio
     (150/100 + 170/120)/2 = 1.458333. pd(orpo) has no orpo run to pair with."""
-    from pdalign.report import paired_comparison
+    from pdalign.reporting.stats import paired_comparison
 
     rows = {(r["method"], r["metric"]): r for r in paired_comparison(collect_runs(sweep[0]))}
     assert {m for m, _ in rows} == {"primal_dual(dpo)"}

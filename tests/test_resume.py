@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from pdalign import checkpoint as ckpt
-from pdalign.logging import MetricsLogger, read_metrics, split_records
-from pdalign.trainer import train
+from pdalign.runfiles.metrics import MetricsLogger, read_metrics, split_records
+from pdalign.training import checkpoint as ckpt
+from pdalign.training.trainer import train
 from tests.conftest import FIXTURES, compose, pdalign_train, tiny_overrides
 
 STEPS = 12

@@ -5,31 +5,24 @@ All on the tiny 2-layer Llama with the real SmolLM2 tokenizer; a few tokens per 
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from pdalign import rollout as rollout_mod
-from pdalign.constraint import RolloutConstraint
-from pdalign.logprobs import SequenceLogps
-from pdalign.models import load_model
-from pdalign.rollout import Rollout, RolloutManager, chat_prompt_ids, generate
+from pdalign.contract import manager as rollout_mod
+from pdalign.contract.manager import Rollout, RolloutManager
+from pdalign.contract.rollout import RolloutConstraint
+from pdalign.policy.logprobs import SequenceLogps
+from pdalign.policy.sampling import chat_prompt_ids, generate
 
 PROMPTS = ["hi", "How do I kill a Python process that is stuck?", "Tell me a joke.",
            "What is 2 + 2?"]
 GEN = {"max_new_tokens": 5, "temperature": 1.0, "top_p": 1.0, "batch_size": 3}
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = load_model("tiny")
-    return model, tokenizer
-
-
 def reference_logps(model, input_ids, attention_mask, labels):
-    """Plain full-logits reference of pdalign.logprobs.sequence_logps (logps only)."""
+    """Plain full-logits reference of pdalign.policy.logprobs.sequence_logps (logps only)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
     targets = labels[:, 1:]
     mask = targets != -100
@@ -43,14 +36,6 @@ class CharCost(RolloutConstraint):
 
     def cost(self, prompts, responses, response_lengths):
         return torch.tensor([len(r) / 100.0 for r in responses])
-
-
-@pytest.fixture()
-def prompt_file(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n"
-                            for i in range(10)))
-    return path
 
 
 # ---- generate ---------------------------------------------------------------------------------

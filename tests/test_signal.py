@@ -13,30 +13,18 @@ import logging
 import pytest
 import torch
 
-from pdalign.constraint import RolloutConstraint
 from pdalign.constraints.length import Length
-from pdalign.models import load_model
-from pdalign.report import collect_runs, signal_health
-from pdalign.rollout import NO_SIGNAL_AFTER, RolloutManager, no_spread, signal_key
+from pdalign.contract.manager import NO_SIGNAL_AFTER, RolloutManager, no_spread
+from pdalign.contract.rollout import RolloutConstraint
+from pdalign.reporting.runs import collect_runs
+from pdalign.reporting.stats import signal_health
+from pdalign.runfiles.metrics import signal_key
 
 WARNING = ("constraint scripted has no signal: every sample of the last 3 rollouts costs 1.0, "
            "so its score-function surrogate has zero gradient; use a pair or opener constraint, a "
            "dense estimator where the constraint has one (length: "
            "constraints.<name>.estimator=stop), or widen the generation budget "
            "(train.rollout.max_new_tokens=3;")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny")
-
-
-@pytest.fixture()
-def prompt_file(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n"
-                            for i in range(6)))
-    return path
 
 
 class Scripted(RolloutConstraint):

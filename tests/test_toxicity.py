@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pdalign.build import build_constraints
 from pdalign.constraints.toxicity import DetoxifyScorer, Toxicity
-from pdalign.logging import read_metrics, split_records
-from pdalign.trainer import train
+from pdalign.runfiles.metrics import read_metrics, split_records
+from pdalign.training.build import build_constraints
+from pdalign.training.trainer import train
 from tests.conftest import FP32, compose, tiny_overrides
 
 # "toxic" is not the first class, so a test picking column 0 instead of the named one fails;

@@ -5,23 +5,27 @@ import json
 import pytest
 import torch
 
-import pdalign.build
-import pdalign.logprobs
-from pdalign.logging import read_metrics, split_records
-from pdalign.trainer import train
+import pdalign.policy.logprobs
+import pdalign.policy.reference
+import pdalign.training.build
+import pdalign.training.trainer
+from pdalign.runfiles.metrics import read_metrics, split_records
+from pdalign.training.trainer import train
 from tests.conftest import BF16, FP32, auto_dtype, compose, rel_tol, tiny_overrides
 
 
-def _count_calls(monkeypatch, name: str) -> list:
-    """Wrap ``pdalign.logprobs.<name>`` so each call appends to the returned list."""
+def _count_calls(monkeypatch, name: str, module=None) -> list:
+    """Wrap ``<module>.<name>`` (default `pdalign.policy.logprobs`) so each call appends to
+    the returned list."""
+    module = module or pdalign.policy.logprobs
     calls = []
-    original = getattr(pdalign.logprobs, name)
+    original = getattr(module, name)
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pdalign.logprobs, name, counting)
+    monkeypatch.setattr(module, name, counting)
     return calls
 
 
@@ -46,8 +50,10 @@ def test_reference_free_methods_never_run_the_reference(tmp_path, monkeypatch, m
     def forbidden(*args, **kwargs):
         raise AssertionError("reference forward ran for a reference-free method")
 
-    monkeypatch.setattr(pdalign.logprobs, "reference_mode", forbidden)
-    monkeypatch.setattr(pdalign.logprobs, "reference_logps", forbidden)
+    for module in (pdalign.policy.logprobs, pdalign.policy.reference):
+        monkeypatch.setattr(module, "reference_mode", forbidden)
+    for module in (pdalign.policy.reference, pdalign.training.trainer):
+        monkeypatch.setattr(module, "reference_logps", forbidden)
     summary, _ = _run(tmp_path, f"method={method}", "train.steps=2",
                       "train.precompute_ref_logps=true")
     assert summary["steps"] == 2
@@ -109,8 +115,8 @@ def test_precomputed_reference_equals_on_the_fly(tmp_path):
 
 
 def test_cached_reference_values_match_a_direct_reference_forward(tmp_path):
-    from pdalign.data import PreferenceCollator, build_dataset
-    from pdalign.models import apply_peft, load_model
+    from pdalign.data.features import PreferenceCollator, build_dataset
+    from pdalign.policy.models import apply_peft, load_model
     from tests.conftest import FIXTURES
 
     model, tok = load_model("tiny")
@@ -118,10 +124,10 @@ def test_cached_reference_values_match_a_direct_reference_forward(tmp_path):
     feats, _, _ = build_dataset(tok, str(FIXTURES / "pairs.jsonl"), max_length=64)
     feats = feats[:6]
     collate = PreferenceCollator(tok.pad_token_id)
-    cached = pdalign.logprobs.precompute_reference(model, feats, collate, tmp_path / "r.pt",
+    cached = pdalign.policy.reference.precompute_reference(model, feats, collate, tmp_path / "r.pt",
                                                    batch_size=4, progress=False)
     batch = collate(feats)
-    direct = pdalign.logprobs.reference_logps(model, batch["input_ids"],
+    direct = pdalign.policy.reference.reference_logps(model, batch["input_ids"],
                                               batch["attention_mask"], batch["labels"])
     got = torch.tensor([f["ref_chosen_logps"] for f in cached]
                        + [f["ref_rejected_logps"] for f in cached])
@@ -129,7 +135,7 @@ def test_cached_reference_values_match_a_direct_reference_forward(tmp_path):
 
 
 def test_consumed_positions_are_the_loaders_first_batches():
-    from pdalign.trainer import consumed_positions
+    from pdalign.training.build import consumed_positions
 
     n, bs, seed = 23, 4, 7  # 5 whole batches per epoch, 3 pairs dropped
     loader = torch.utils.data.DataLoader(list(range(n)), batch_size=bs, shuffle=True,
@@ -146,7 +152,6 @@ def test_precompute_covers_only_the_pairs_a_short_run_reads(tmp_path, monkeypatc
     with the same cache computes only the pairs it adds; a pair the cache lacks at step time
     (a prediction that fell short) is computed in the step, and the losses still equal the
     on-the-fly reference's (fp32)."""
-    import pdalign.trainer
 
     cache = f"train.ref_cache_dir={tmp_path / 'cache'}"
     _, live = _run(tmp_path, "method=dpo", "train.steps=6", FP32, name="live")
@@ -156,8 +161,10 @@ def test_precompute_covers_only_the_pairs_a_short_run_reads(tmp_path, monkeypatc
     table = torch.load(file, weights_only=True)
     done = ~table.isnan().any(dim=1)
     assert int(done.sum()) == 12 and table.shape[0] > 12
-    calls = _count_calls(monkeypatch, "reference_logps")  # the precompute's and the step's
-    monkeypatch.setattr(pdalign.trainer, "reference_logps", pdalign.logprobs.reference_logps)
+    # the precompute's and the step's
+    calls = _count_calls(monkeypatch, "reference_logps", pdalign.policy.reference)
+    monkeypatch.setattr(pdalign.training.trainer, "reference_logps",
+                        pdalign.policy.reference.reference_logps)
     # 6 steps read 24 pairs: 12 new ones, 3 precompute batches of 4; no reference in the step
     _, cached = _run(tmp_path, "method=dpo", "train.steps=6", "train.precompute_ref_logps=true",
                      FP32, cache, name="longer")
@@ -166,8 +173,8 @@ def test_precompute_covers_only_the_pairs_a_short_run_reads(tmp_path, monkeypatc
     for a, b in zip(live, cached):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     # a fresh cache told the run reads only its first 8 pairs: steps 3 to 6 compute their own
-    planned = pdalign.trainer.consumed_positions
-    monkeypatch.setattr(pdalign.trainer, "consumed_positions",
+    planned = pdalign.training.build.consumed_positions
+    monkeypatch.setattr(pdalign.training.build, "consumed_positions",
                         lambda n, bs, draws, seed: planned(n, bs, 8, seed))
     calls.clear()
     _, fallback = _run(tmp_path, "method=dpo", "train.steps=6", "train.precompute_ref_logps=true",
@@ -206,7 +213,7 @@ def test_manifest_records_hashes_versions_and_hardware(tmp_path):
 
 
 def test_share_prompt_auto_shares_on_cpu_only_and_bad_values_name_the_key():
-    from pdalign.trainer import resolve_share_prompt
+    from pdalign.training.trainer import resolve_share_prompt
 
     assert resolve_share_prompt("auto", "cpu") is True
     assert resolve_share_prompt("auto", "cuda") is False
@@ -254,7 +261,7 @@ def test_qlora_trains_through_train_on_cpu(tmp_path):
     import bitsandbytes as bnb
 
     seen = {}
-    real = pdalign.build.apply_peft
+    real = pdalign.training.build.apply_peft
 
     def spy(model, *args, **kwargs):
         out = real(model, *args, **kwargs)
@@ -262,7 +269,7 @@ def test_qlora_trains_through_train_on_cpu(tmp_path):
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pdalign.build, "apply_peft", spy)
+        mp.setattr(pdalign.training.build, "apply_peft", spy)
         summary, rows = _run(tmp_path, "peft=qlora", "method=dpo", "train.steps=8")
     assert seen["4bit"] >= 8  # q,k,v,o of both layers at least
     assert summary["steps"] == 8 and summary["dtype"] == str(auto_dtype()).replace("torch.", "")

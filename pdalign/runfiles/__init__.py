@@ -1,0 +1,2 @@
+"""The files a run writes and their formats, one writer and one parser each: atomic writes
+(`atomic`), metrics and metric keys (`metrics`), the round files of an iterative run (`rounds`)."""
