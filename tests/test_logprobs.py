@@ -156,6 +156,49 @@ def test_adapter_disabled_reference_equals_the_base_model_loaded_fresh():
     assert (out.logps - out.ref_logps).abs().max() > 1e-3  # and the policy itself differs
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_tied_reference_is_scored_with_the_frozen_copys_own_head(tied):
+    """peft=none: the reference is a frozen copy, and its log-probs (and the KL) must come from
+    its own LM head, the one the policy started from, not the policy's trained one. With a tied
+    head a training step moves both the embeddings and the head; a random move of the head (not
+    a constant shift, which softmax ignores) shows which head scored the reference. Checked
+    against full-logits log_softmax of each model (fp32); the policy's own log-probs and
+    gradients stay those of its own head."""
+    from pdalign.policy.models import frozen_copy
+    from pdalign.policy.reference import reference_logps
+
+    model = build_tiny(V, seed=0, tie_word_embeddings=tied)
+    ref = frozen_copy(model)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # "training" moved the policy's head (and, tied, its embeddings)
+        model.lm_head.weight.add_(torch.randn(model.lm_head.weight.shape, generator=g) * 0.5)
+    ids, mask, labels = _batch()
+
+    def full(m):
+        lp = m(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+        return lp
+
+    tgt = labels[:, 1:]
+    keep = (tgt != -100).float()
+    lp, lq = full(model), full(ref)
+    pick = lambda x: (x.gather(2, tgt.clamp(min=0)[..., None]).squeeze(-1) * keep).sum(1)  # noqa: E731
+    kl = ((lp.exp() * (lp - lq)).sum(-1) * keep).sum(1)
+
+    out = sequence_logps(model, ids, mask, labels, with_kl=True, ref_model=ref)
+    torch.testing.assert_close(out.ref_logps, pick(lq), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.kl, kl.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.logps, pick(lp), rtol=1e-5, atol=1e-4)
+    alone = sequence_logps(model, ids, mask, labels, with_ref=True, ref_model=ref)
+    torch.testing.assert_close(alone.ref_logps, pick(lq), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(reference_logps(model, ids, mask, labels, ref_model=ref),
+                               pick(lq), rtol=1e-5, atol=1e-4)
+    assert (pick(lq) - pick(lp)).abs().max() > 0.1  # the heads differ enough to tell apart
+    w = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    (grad,) = torch.autograd.grad((w * (out.logps + out.kl)).sum(), model.lm_head.weight)
+    (want,) = torch.autograd.grad((w * (pick(lp) + kl)).sum(), model.lm_head.weight)
+    torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-5)
+
+
 def test_frozen_copy_reference_for_a_model_without_adapter():
     from pdalign.policy.models import frozen_copy
 

@@ -288,8 +288,9 @@ def _label_logp_value(h, weight, targets) -> torch.Tensor:
     return z_y - (run_max + run_sum.log())
 
 
-def _chunk_stats(h, weight, targets, h_ref, need_grad: bool):
-    """One chunk of tokens through the frozen head, logits kept as vocabulary pieces.
+def _chunk_stats(h, weight, targets, h_ref, need_grad: bool, weight_ref=None):
+    """One chunk of tokens through the frozen head, logits kept as vocabulary pieces; the
+    reference's logits through ``weight_ref`` (its own head; default ``weight``, shared).
 
     Returns (logp, ref_logp, kl, g_logp, g_kl); the last four None where not asked, with
     ``g_logp = d logp / d h = W[y] - p @ W`` and ``g_kl = d KL / d h = (p * (lp - lq - KL)) @ W``
@@ -310,9 +311,10 @@ def _chunk_stats(h, weight, targets, h_ref, need_grad: bool):
                 p = z.sub_(lse[:, None]).exp_()
                 p_w += (p.to(weight.dtype) @ w).float()
         return logp, None, None, weight[targets].float() - p_w if need_grad else None, None
-    zr = [_logits(h_ref, w) for _, w in pieces]
+    pieces_ref = pieces if weight_ref is None else _pieces(weight_ref)
+    zr = [_logits(h_ref, w) for _, w in pieces_ref]
     zr_y = torch.zeros(c, device=h.device)
-    for (v, _), z in zip(pieces, zr):
+    for (v, _), z in zip(pieces_ref, zr):
         _pick(z, v, targets, zr_y)
     lse_r = torch.stack([z.logsumexp(-1) for z in zr]).logsumexp(0)
     ref_logp = zr_y - lse_r
@@ -336,8 +338,8 @@ class _FusedLogprobKL(torch.autograd.Function):
     """Label log-probs (and optionally KL to a reference) for a frozen LM head."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, h_ref, chunk):
-        # h: (M, H), weight: (V, H), targets: (M,), h_ref: (M, H) or None
+    def forward(ctx, h, weight, targets, h_ref, chunk, weight_ref=None):
+        # h: (M, H), weight: (V, H), targets: (M,), h_ref: (M, H) or None, weight_ref: (V, H)
         need_grad = ctx.needs_input_grad[0]
         m = h.shape[0]
         logp = torch.empty(m, dtype=torch.float32, device=h.device)
@@ -352,7 +354,8 @@ class _FusedLogprobKL(torch.autograd.Function):
         for s in range(0, m, chunk):
             e = min(s + chunk, m)
             lp_c, ref_c, kl_c, g_logp, g_kl = _chunk_stats(
-                h[s:e], weight, targets[s:e], None if h_ref is None else h_ref[s:e], need_grad)
+                h[s:e], weight, targets[s:e], None if h_ref is None else h_ref[s:e], need_grad,
+                weight_ref)
             logp[s:e] = lp_c
             if h_ref is not None:
                 ref_logp[s:e], kl[s:e] = ref_c, kl_c
@@ -375,20 +378,20 @@ class _FusedLogprobKL(torch.autograd.Function):
         grad_h = grad_logp[:, None] * g_logp
         if ctx.has_kl and grad_kl is not None and grad_kl.numel():
             grad_h = grad_h + grad_kl[:, None] * g_kl
-        return grad_h.to(ctx.h_dtype), None, None, None, None
+        return grad_h.to(ctx.h_dtype), None, None, None, None, None
 
 
-def _chunk_generic(h, weight, targets, h_ref):
+def _chunk_generic(h, weight, targets, h_ref, weight_ref):
     lp = _logits(h, weight).log_softmax(-1)
     logp = lp.gather(1, targets[:, None]).squeeze(1)
     if h_ref is None:
         return logp, torch.zeros(0), torch.zeros(0)
-    lq = _logits(h_ref, weight).log_softmax(-1)
+    lq = _logits(h_ref, weight if weight_ref is None else weight_ref).log_softmax(-1)
     kl = (lp.exp() * (lp - lq)).sum(-1)
     return logp, lq.gather(1, targets[:, None]).squeeze(1).detach(), kl
 
 
-def token_logprobs(h, weight, targets, h_ref=None, chunk: int | None = None):
+def token_logprobs(h, weight, targets, h_ref=None, chunk: int | None = None, weight_ref=None):
     """Token log-probs under the LM head ``weight`` (and under the reference, with KL).
 
     Args:
@@ -396,16 +399,21 @@ def token_logprobs(h, weight, targets, h_ref=None, chunk: int | None = None):
         weight: (V, H) LM head (output embedding) weight.
         targets: (M,) next-token ids.
         h_ref: (M, H) reference hidden states (detached) or None.
+        weight_ref: (V, H) the reference's own LM head, when it is not ``weight``: a frozen
+            copy of a fully trained model (``peft=none``) has the head the policy started from,
+            also when the head is tied to the embeddings. Default None: ``weight`` for both
+            (an adapter leaves the head alone, so disabling it gives the same head).
         chunk: tokens per LM-head chunk; default keeps a chunk's fp32 logits near 32 MiB on
             CPU, 256 MiB on a GPU.
     Returns (logp (M,), ref_logp (M,) or None, kl (M,) or None).
     """
     chunk = chunk or _chunk_size(weight.shape[0], h.device)
     if not weight.requires_grad:
-        logp, ref_logp, kl = _FusedLogprobKL.apply(h, weight, targets, h_ref, chunk)
+        logp, ref_logp, kl = _FusedLogprobKL.apply(h, weight, targets, h_ref, chunk, weight_ref)
     else:
         parts = [checkpoint(_chunk_generic, h[s:s + chunk], weight, targets[s:s + chunk],
-                            None if h_ref is None else h_ref[s:s + chunk], use_reentrant=False)
+                            None if h_ref is None else h_ref[s:s + chunk], weight_ref,
+                            use_reentrant=False)
                  for s in range(0, h.shape[0], chunk)]
         logp, ref_logp, kl = (torch.cat([p[i] for p in parts]) for i in range(3))
     if h_ref is None:
@@ -481,12 +489,15 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
     with torch.no_grad(), reference_mode(model, ref_model) as ref:
         h_ref = response_states(ref, input_ids[:r], attention_mask[:r], labels[:r], ref_pairs,
                                 group).h
+        weight_ref = decoder_and_head(ref)[1].weight  # a frozen copy's own (untrained) head
     if with_kl:
-        logp_a, ref_logp, kl = token_logprobs(st.h[:m_ref], weight, st.targets[:m_ref], h_ref)
+        logp_a, ref_logp, kl = token_logprobs(
+            st.h[:m_ref], weight, st.targets[:m_ref], h_ref,
+            weight_ref=None if weight_ref is weight else weight_ref)
     else:  # reference log-probs alone need no policy-side reference matmuls
         logp_a, _, _ = token_logprobs(st.h[:m_ref], weight, st.targets[:m_ref])
         with torch.no_grad():
-            ref_logp, _, _ = token_logprobs(h_ref, weight, st.targets[:m_ref])
+            ref_logp, _, _ = token_logprobs(h_ref, weight_ref, st.targets[:m_ref])
         kl = None
     if m_ref < st.h.shape[0]:
         logp_b, _, _ = token_logprobs(st.h[m_ref:], weight, st.targets[m_ref:])

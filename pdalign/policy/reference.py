@@ -25,9 +25,9 @@ def reference_logps(model, input_ids, attention_mask, labels, ref_model=None,
     Args:
         pairs, group: as in `sequence_logps`: the first group·pairs rows share pairs prompts.
     """
-    _, head = decoder_and_head(model)
     with reference_mode(model, ref_model) as ref:
         st = response_states(ref, input_ids, attention_mask, labels, pairs, group)
+        _, head = decoder_and_head(ref)  # the reference's own head (a frozen copy's, untrained)
     logp, _, _ = token_logprobs(st.h, head.weight, st.targets)
     return per_sequence(logp, st.row, input_ids.shape[0])
 
