@@ -21,6 +21,7 @@ from pdalign.data.features import (
 )
 from pdalign.data.preference import load_preference_rows, split_heldout
 from pdalign.data.readers import QUICKSTART, QUICKSTART_HELDOUT, PreferenceDataError, bundled_path
+from tests.conftest import FIXTURES, compose, tiny_overrides
 
 PAIRS = [
     {"prompt": "What is the capital of France?", "chosen": "Paris is the capital of France.",
@@ -205,12 +206,67 @@ def test_prompt_too_long_names_row_and_can_be_skipped(tokenizer, tmp_path):
         tokenize_rows(tokenizer, rows, max_length=64, max_prompt_length=None)
     assert str(info.value).startswith(f"{path}, line 2, field 'prompt'")
     assert "max_length=64" in str(info.value)
-    # truncate_prompt=False makes an over-long prompt an error even when it would fit
+    # on_overlong=error makes an over-long prompt an error even when it would fit
     with pytest.raises(PreferenceDataError, match="over max_prompt_length=48"):
         tokenize_rows(tokenizer, rows, max_length=512, max_prompt_length=48,
-                      truncate_prompt=False)
+                      on_overlong="error")
     features, skipped = tokenize_rows(tokenizer, rows, max_length=64, skip_invalid=True)
     assert [f["index"] for f in features] == [0] and skipped == {"prompt_too_long": 1}
+
+
+def test_overlong_rows_are_counted_at_start_and_on_overlong_chooses(tokenizer, tmp_path,
+                                                                     caplog):
+    """A 5,000-word prompt and a long answer among short pairs: truncate (the default) cuts
+    them and says how many and from what length, per data set; error stops at the row naming
+    the field and the fix; skip drops the row and counts it as overlong."""
+    huge = " ".join(f"word{i}" for i in range(5000))
+    long_answer = "A long answer. " * 60
+    path = write_jsonl(tmp_path / "long.jsonl", [PAIRS[0], {**PAIRS[1], "prompt": huge},
+                                                 {**PAIRS[2], "chosen": long_answer}])
+    rows, _ = load_preference_rows(path)
+    budget = {"max_length": 96, "max_prompt_length": 48}
+    with caplog.at_level("WARNING", logger="pdalign.data.features"):
+        features, skipped = tokenize_rows(tokenizer, rows, **budget)
+    assert len(features) == 3 and not skipped
+    huge_len = features[1]["truncated"]["prompt"]
+    assert huge_len > 5000 and features[1]["prompt_len"] == 48
+    answer_len = features[2]["truncated"]["chosen"]
+    assert features[2]["chosen_len"] == 96 - features[2]["prompt_len"] < answer_len
+    assert features[0]["truncated"] == {}
+    (note,) = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert note == (f"{path}: truncated 1 of 3 prompts to max_prompt_length=48 tokens (the "
+                    f"longest had {huge_len}) and 1 of 6 responses to fit max_length=96 (the "
+                    f"longest had {answer_len}) (data.on_overlong=error stops at such a row, "
+                    f"=skip drops it)")
+    with pytest.raises(PreferenceDataError, match=r"line 2, field 'prompt': the prompt has \d+ "
+                       r"tokens, over max_prompt_length=48\. Fix: .*data\.on_overlong=truncate"):
+        tokenize_rows(tokenizer, rows, **budget, on_overlong="error")
+    with pytest.raises(PreferenceDataError, match=r"line 3, field 'chosen': the response has "
+                       r"\d+ tokens, over max_length=96 after its \d+-token prompt"):
+        tokenize_rows(tokenizer, [rows[0], rows[2]], **budget, on_overlong="error")
+    kept, skipped = tokenize_rows(tokenizer, rows, **budget, on_overlong="skip")
+    assert [f["index"] for f in kept] == [0] and skipped == {"overlong": 2}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pdalign.data.features"):
+        tokenize_rows(tokenizer, [rows[0]], **budget)
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+
+
+def test_on_overlong_error_stops_the_run_before_the_model_and_a_bad_value_is_named(
+        tmp_path, no_model):
+    from pdalign.training.trainer import train
+
+    huge = " ".join(f"word{i}" for i in range(5000))
+    pairs = [json.loads(line) for line in (FIXTURES / "pairs.jsonl").read_text().splitlines()]
+    pairs[4]["prompt"] = huge
+    data = write_jsonl(tmp_path / "d.jsonl", pairs)
+    with pytest.raises(PreferenceDataError, match=r"line 5, field 'prompt'.*over "
+                                                  r"max_prompt_length"):
+        train(compose(tiny_overrides(f"data.train={data}", "data.on_overlong=error")),
+              tmp_path / "run")
+    with pytest.raises(ValueError, match=r"data\.on_overlong=cut is not valid: it must be one "
+                                         r"of truncate, error, skip"):
+        train(compose(tiny_overrides("data.on_overlong=cut")), tmp_path / "run2")
 
 
 # ---- chat template, masking -------------------------------------------------------------

@@ -54,15 +54,17 @@ Labels
     ``labels`` align with ``input_ids`` (not shifted; the log-prob code shifts by one) and
     are -100 on every prompt token and on padding, so only response tokens are scored.
 
-Truncation policy (``max_length`` counts prompt + response tokens)
+Truncation policy (``max_length`` counts prompt + response tokens; ``data.on_overlong``)
     1. A prompt longer than ``max_prompt_length`` keeps its END (left truncation): the last
-       user turn and the generation header matter more than an old system message. With
-       ``truncate_prompt=False`` an over-long prompt is an error instead. Default: truncate,
-       as TRL does, because real sets carry a few long prompts that are not worth a crash.
+       user turn and the generation header matter more than an old system message.
     2. Each response keeps its START and is cut to fit ``max_length``; a cut response loses
        its end-of-turn token.
     3. A prompt that (after step 1) leaves no room for one response token is an error.
-    Chosen and rejected always share the identical prompt tokens.
+    Chosen and rejected always share the identical prompt tokens. Steps 1 and 2 are the
+    default, ``on_overlong="truncate"``, as in TRL (real sets carry a few long prompts that
+    are not worth a crash), and how many prompts and responses each data set had cut, and
+    from what length, is logged at start; ``on_overlong="error"`` stops at the first such row
+    instead, ``"skip"`` drops those rows and counts them (reason ``overlong``).
 
 Errors
     Every bad row raises one `PreferenceDataError` naming the source, the row (``line N``,

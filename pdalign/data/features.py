@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100  # the label value torch's cross-entropy and our log-prob code skip
 
 
+# What a row over its token budget gets (``data.on_overlong``).
+ON_OVERLONG = ("truncate", "error", "skip")
+
+
 def tokenize_pair(tokenizer, row: PreferenceRow, max_length: int | None = None,
-                  max_prompt_length: int | None = None, truncate_prompt: bool = True,
+                  max_prompt_length: int | None = None, on_overlong: str = "truncate",
                   ) -> dict[str, Any]:
     """Token ids of one pair under the chat template and the truncation policy.
 
@@ -42,18 +46,21 @@ def tokenize_pair(tokenizer, row: PreferenceRow, max_length: int | None = None,
         row: a validated row.
         max_length: budget for prompt + response tokens, or None for no limit.
         max_prompt_length: budget for the prompt alone, or None for no limit.
-        truncate_prompt: left-truncate an over-long prompt (True, default) or raise.
+        on_overlong: what a prompt or response over its budget gets: ``truncate`` (default;
+            the prompt keeps its end, a response its start), ``error`` (a `PreferenceDataError`
+            naming the row and the field) or ``skip`` (the same error with reason
+            ``overlong``, which `tokenize_rows` drops and counts).
     Returns a feature dict: ``index``; ``prompt_ids``; ``chosen_ids`` and ``rejected_ids``
     (response tokens only); ``prompt_len``, ``chosen_len``, ``rejected_len`` (their
-    lengths); ``template_fallback`` (True when the response was tokenized on its own).
+    lengths); ``template_fallback`` (True when the response was tokenized on its own);
+    ``truncated``, {field: its length in tokens before it was cut} (empty when nothing was).
     """
     prompt_ids = _prompt_ids(tokenizer, row)
     chosen_ids, chosen_fallback = _response_ids(tokenizer, row, prompt_ids, row.chosen)
     rejected_ids, rejected_fallback = _response_ids(tokenizer, row, prompt_ids, row.rejected)
-    prompt_ids, room = _fit_prompt(row, prompt_ids, max_length, max_prompt_length,
-                                   truncate_prompt)
-    if room is not None:
-        chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
+    prompt_ids, (chosen_ids, rejected_ids), truncated = _fit(
+        row, prompt_ids, {"chosen": chosen_ids, "rejected": rejected_ids}, max_length,
+        max_prompt_length, on_overlong)
     return {
         "index": row.index,
         "prompt_ids": prompt_ids,
@@ -63,11 +70,12 @@ def tokenize_pair(tokenizer, row: PreferenceRow, max_length: int | None = None,
         "chosen_len": len(chosen_ids),
         "rejected_len": len(rejected_ids),
         "template_fallback": chosen_fallback or rejected_fallback,
+        "truncated": truncated,
     }
 
 
 def tokenize_unpaired(tokenizer, row: UnpairedRow, max_length: int | None = None,
-                      max_prompt_length: int | None = None, truncate_prompt: bool = True,
+                      max_prompt_length: int | None = None, on_overlong: str = "truncate",
                       ) -> dict[str, Any]:
     """Token ids of one unpaired row, under the chat template and truncation policy of
     `tokenize_pair`.
@@ -75,54 +83,75 @@ def tokenize_unpaired(tokenizer, row: UnpairedRow, max_length: int | None = None
     Returns a feature dict: ``index``; ``label``; ``prompt_ids``; ``completion_ids``;
     ``prompt_len``, ``completion_len``; ``room``, the response tokens ``max_length`` leaves
     after this prompt (None: no limit), which `collate` applies to the mismatched completion
-    this prompt is paired with; ``template_fallback``.
+    this prompt is paired with; ``template_fallback``; ``truncated``.
     """
     prompt_ids = _prompt_ids(tokenizer, row)
     completion_ids, fallback = _response_ids(tokenizer, row, prompt_ids, row.completion)
-    prompt_ids, room = _fit_prompt(row, prompt_ids, max_length, max_prompt_length,
-                                   truncate_prompt)
-    if room is not None:
-        completion_ids = completion_ids[:room]
+    prompt_ids, (completion_ids,), truncated = _fit(
+        row, prompt_ids, {"completion": completion_ids}, max_length, max_prompt_length,
+        on_overlong)
+    room = None if max_length is None else max_length - len(prompt_ids)
     return {"index": row.index, "label": bool(row.label), "prompt_ids": prompt_ids,
             "completion_ids": completion_ids, "prompt_len": len(prompt_ids),
-            "completion_len": len(completion_ids), "room": room, "template_fallback": fallback}
+            "completion_len": len(completion_ids), "room": room, "template_fallback": fallback,
+            "truncated": truncated}
 
 
-def _fit_prompt(row, prompt_ids: list[int], max_length: int | None,
-                max_prompt_length: int | None, truncate_prompt: bool,
-                ) -> tuple[list[int], int | None]:
-    """(the prompt under the truncation policy, response tokens left in max_length or None)."""
-    def too_long(problem: str, fix: str) -> PreferenceDataError:
+def _fit(row, prompt_ids: list[int], responses: dict[str, list[int]], max_length: int | None,
+         max_prompt_length: int | None, on_overlong: str,
+         ) -> tuple[list[int], list[list[int]], dict[str, int]]:
+    """(the prompt, the responses in order, {field: length before a cut}) under the budgets:
+    an over-long prompt keeps its END (the question itself), a response its START."""
+    if on_overlong not in ON_OVERLONG:
+        raise ValueError(f"data.on_overlong={on_overlong!r} is not one of "
+                         f"{', '.join(ON_OVERLONG)}")
+
+    def error(problem: str, fix: str, field: str, reason: str) -> PreferenceDataError:
         return PreferenceDataError(problem, source=row.source, location=row.location,
-                                   field="prompt", reason="prompt_too_long", fix=fix)
+                                   field=field, reason=reason, fix=fix)
 
+    def over(field: str, n: int, budget: str) -> PreferenceDataError:
+        return error(f"the {'prompt' if field == 'prompt' else 'response'} has {n} tokens, over "
+                     f"{budget}", f"shorten it, raise data.{budget.split('=')[0]}, or set "
+                     f"data.on_overlong=truncate (cut it) or data.on_overlong=skip (drop the "
+                     f"row)", field, "overlong")
+
+    truncated: dict[str, int] = {}
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        if not truncate_prompt:
-            raise too_long(f"the prompt has {len(prompt_ids)} tokens, over "
-                           f"max_prompt_length={max_prompt_length}",
-                           "shorten it, raise data.max_prompt_length, set "
-                           "data.truncate_prompt=true or data.skip_invalid=true")
-        prompt_ids = prompt_ids[-max_prompt_length:]  # keep the END: the question itself
+        if on_overlong != "truncate":
+            raise over("prompt", len(prompt_ids), f"max_prompt_length={max_prompt_length}")
+        truncated["prompt"] = len(prompt_ids)
+        prompt_ids = prompt_ids[-max_prompt_length:]
     if max_length is None:
-        return prompt_ids, None
+        return prompt_ids, list(responses.values()), truncated
     room = max_length - len(prompt_ids)
     if room < 1:
-        raise too_long(f"the prompt has {len(prompt_ids)} tokens, leaving no room for a "
-                       f"response in max_length={max_length}",
-                       "set data.max_prompt_length below data.max_length, raise "
-                       "data.max_length, or set data.skip_invalid=true")
-    return prompt_ids, room
+        raise error(f"the prompt has {len(prompt_ids)} tokens, leaving no room for a response "
+                    f"in max_length={max_length}",
+                    "set data.max_prompt_length below data.max_length, raise "
+                    "data.max_length, or set data.skip_invalid=true", "prompt", "prompt_too_long")
+    kept = []
+    for field, ids in responses.items():
+        if len(ids) > room:
+            if on_overlong != "truncate":
+                raise over(field, len(ids), f"max_length={max_length} after its "
+                                            f"{len(prompt_ids)}-token prompt")
+            truncated[field] = len(ids)
+        kept.append(ids[:room])
+    return prompt_ids, kept, truncated
 
 
 def tokenize_rows(tokenizer, rows: Iterable[PreferenceRow | UnpairedRow],
                   max_length: int | None = None,
-                  max_prompt_length: int | None = None, truncate_prompt: bool = True,
+                  max_prompt_length: int | None = None, on_overlong: str = "truncate",
                   skip_invalid: bool = False) -> tuple[list[dict[str, Any]], Counter]:
     """`tokenize_pair` (`tokenize_unpaired` for unpaired rows) over rows, checking every row's
-    budget before training starts.
+    budget before training starts, and saying how many prompts and responses were cut.
 
     Args:
-        tokenizer, max_length, max_prompt_length, truncate_prompt: as in `tokenize_pair`.
+        tokenizer, max_length, max_prompt_length, on_overlong: as in `tokenize_pair`; under
+            ``on_overlong="skip"`` the rows over a budget are dropped and counted as
+            ``overlong``.
         rows: validated rows.
         skip_invalid: drop rows whose prompt is too long and count them, instead of raising.
             Default False.
@@ -137,9 +166,11 @@ def tokenize_rows(tokenizer, rows: Iterable[PreferenceRow | UnpairedRow],
         tokenize = tokenize_unpaired if isinstance(row, UnpairedRow) else tokenize_pair
         try:
             features.append(tokenize(tokenizer, row, max_length, max_prompt_length,
-                                     truncate_prompt))
+                                     on_overlong))
         except PreferenceDataError as err:
-            if not skip_invalid or err.reason is None:
+            dropped = (on_overlong == "skip" and err.reason == "overlong") or (
+                skip_invalid and err.reason is not None)
+            if not dropped:
                 raise
             skipped[err.reason] += 1
             first_error = first_error or err
@@ -147,12 +178,37 @@ def tokenize_rows(tokenizer, rows: Iterable[PreferenceRow | UnpairedRow],
         raise PreferenceDataError("no rows to tokenize", source=source,
                                   fix="check the data source and the held-out split")
     report_skipped(source, features, skipped, first_error)
+    if (note := truncation_note(features, max_length, max_prompt_length)) is not None:
+        log.warning("%s: %s (data.on_overlong=error stops at such a row, =skip drops it)",
+                    source, note)
     fallbacks = sum(f["template_fallback"] for f in features)
     if fallbacks:
         log.warning("%s: %d of %d rows were tokenized as response text + eos because the "
                     "chat template does not extend the prompt's tokens", source, fallbacks,
                     len(features))
     return features, skipped
+
+
+def truncation_note(features: Sequence[Mapping[str, Any]], max_length: int | None,
+                    max_prompt_length: int | None) -> str | None:
+    """How many prompts and responses of ``features`` were cut, to what and from what; None
+    when nothing was. E.g. "truncated 1 of 48 prompts to max_prompt_length=128 tokens (the
+    longest had 6604) and 2 of 96 responses to fit max_length=256 (the longest had 900)"."""
+    cut = [f.get("truncated") or {} for f in features]
+    prompts = [c["prompt"] for c in cut if "prompt" in c]
+    responses = [n for c in cut for field, n in c.items() if field != "prompt"]
+    if not prompts and not responses:
+        return None
+    per_row = 2 if features and "chosen_ids" in features[0] else 1
+    parts = []
+    if prompts:
+        parts.append(f"{len(prompts)} of {len(features)} prompts to "
+                     f"max_prompt_length={max_prompt_length} tokens (the longest had "
+                     f"{max(prompts)})")
+    if responses:
+        parts.append(f"{len(responses)} of {per_row * len(features)} responses to fit "
+                     f"max_length={max_length} (the longest had {max(responses)})")
+    return "truncated " + " and ".join(parts)
 
 
 def _prompt_ids(tokenizer, row: PreferenceRow) -> list[int]:
@@ -277,7 +333,7 @@ class PreferenceCollator:
 def build_dataset(tokenizer, source: Any, *, heldout: Any = None, heldout_fraction: float = 0.0,
                   seed: int = 0, columns: Mapping[str, str] | None = None,
                   max_length: int | None = None, max_prompt_length: int | None = None,
-                  truncate_prompt: bool = True, skip_invalid: bool = False,
+                  on_overlong: str = "truncate", skip_invalid: bool = False,
                   split: str = "train", unpaired: bool = False, unpair: bool = False,
                   ) -> tuple[list[dict], list[dict], Counter]:
     """Load, validate, split and tokenize a preference source (and its held-out set).
@@ -290,7 +346,7 @@ def build_dataset(tokenizer, source: Any, *, heldout: Any = None, heldout_fracti
             `split_heldout`; 0 (default) holds nothing out.
         seed: the split's seed. Default 0.
         columns, skip_invalid, split: as in `load_preference_rows`.
-        max_length, max_prompt_length, truncate_prompt: as in `tokenize_pair`.
+        max_length, max_prompt_length, on_overlong: as in `tokenize_pair`.
         unpaired: the objective trains on unpaired rows (KTO): sources are read as
             ``prompt``/``completion``/``label`` rows. Default False (pairs).
         unpair: with ``unpaired``, the sources are pair files, split by `unpair_rows`
@@ -323,7 +379,7 @@ def build_dataset(tokenizer, source: Any, *, heldout: Any = None, heldout_fracti
                 check_both_labels(part, f"{part[0].source} ({side} side of "
                                         f"data.heldout_fraction={heldout_fraction})", fix=fix)
     budget = {"max_length": max_length, "max_prompt_length": max_prompt_length,
-              "truncate_prompt": truncate_prompt, "skip_invalid": skip_invalid}
+              "on_overlong": on_overlong, "skip_invalid": skip_invalid}
     train, train_skipped = tokenize_rows(tokenizer, rows, **budget)
     held: list[dict] = []
     if held_rows:

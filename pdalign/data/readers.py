@@ -23,6 +23,7 @@ REASONS = {
     "identical": "chosen identical to rejected",
     "wrong_label": "an unpaired row whose label is not true or false",
     "prompt_too_long": "a prompt that leaves no room for a response token",
+    "overlong": "a prompt or response over its token budget, under data.on_overlong=skip",
 }
 
 

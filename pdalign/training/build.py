@@ -140,7 +140,7 @@ def build_datasets(cfg: DictConfig, tokenizer, objective=None) -> tuple[list, li
     train, held, skipped = build_dataset(
         tokenizer, d.train, heldout=d.get("heldout"), columns=dict(d.columns),
         max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-        skip_invalid=d.skip_invalid, unpaired=unpaired, unpair=bool(d.get("unpair", False)))
+        on_overlong=d.get("on_overlong", "truncate"), skip_invalid=d.skip_invalid, unpaired=unpaired, unpair=bool(d.get("unpair", False)))
     if unpaired:
         n_desirable = sum(bool(f["label"]) for f in train)
         if n_desirable in (0, len(train)):  # possible only after skip_invalid dropped rows

@@ -113,6 +113,8 @@ RANGES: dict[str, tuple] = {
     # >= data.max_length is caught per row when tokenizing, before the model (a prompt that
     # leaves no room for a response), and is harmless when every prompt is short
     "data.max_prompt_length": ("integer or null", ">= 1", "prompt tokens; null = no limit"),
+    "data.on_overlong": (("truncate", "error", "skip"), None,
+                         "what a prompt or response over its token budget gets"),
     "data.skip_invalid": ("boolean", None, "drop and count bad rows instead of stopping"),
     "data.unpair": ("boolean", None, "split pairs into desirable/undesirable rows for KTO"),
     "eval.every": ("integer", ">= 0", "steps between held-out evaluations; 0 = only at the end"),
