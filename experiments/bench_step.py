@@ -142,6 +142,10 @@ TRAINERS = {
     "dpo_recompute": Trainer("pdalign", "dpo", extra=("train.activation_checkpointing=1",)),
     "dpo_unshared": Trainer("pdalign", "dpo", extra=("train.share_prompt=false",)),
     "orpo_unshared": Trainer("pdalign", "orpo", floor="orpo", extra=("train.share_prompt=false",)),
+    "dpo_cast_each_use": Trainer("pdalign", "dpo", extra=("train.hold_frozen_in_dtype=false",)),
+    "primal_dual_openers_cast_each_use": Trainer(
+        "pdalign", "primal_dual", constraints=OPENER_CONSTRAINTS,
+        extra=("train.hold_frozen_in_dtype=false",)),
     "trl_dpo_qlora": Trainer("trl", "dpo", qlora=True),
 }
 # Matmul passes of 2*N*T per step: forward, LoRA backward (~ one forward), reference forward.
@@ -165,6 +169,11 @@ NOTES = {
     "dpo_unshared": "train.share_prompt=false: the prompt runs twice per pair, once with chosen "
                     "and once with rejected (the lever's off state)",
     "orpo_unshared": "train.share_prompt=false (the lever's off state)",
+    "dpo_cast_each_use": "train.hold_frozen_in_dtype=false: frozen base weights kept fp32 and cast "
+                         "to the compute dtype at every use (the lever's off state; the same in "
+                         "fp32)",
+    "primal_dual_openers_cast_each_use": "train.hold_frozen_in_dtype=false (the lever's off "
+                                         "state)",
     "trl_dpo_qlora": "nf4 + double quant base, optim=adamw_bnb_8bit; adapters cast back to the "
                      "dtype rule's dtype after TRL's bf16 cast",
 }
@@ -195,6 +204,11 @@ EXTRA_PAIRS = {
     "dpo_peak_rss_vs_unshared": ("dpo", "dpo_unshared", "peak_rss_mb"),
     "orpo_time_vs_unshared": ("orpo", "orpo_unshared", "s_per_step"),
     "orpo_peak_rss_vs_unshared": ("orpo", "orpo_unshared", "peak_rss_mb"),
+    "dpo_time_vs_cast_each_use": ("dpo", "dpo_cast_each_use", "s_per_step"),
+    "dpo_peak_rss_vs_cast_each_use": ("dpo", "dpo_cast_each_use", "peak_rss_mb"),
+    "primal_dual_openers_time_vs_cast_each_use": ("primal_dual_openers",
+                                                  "primal_dual_openers_cast_each_use",
+                                                  "s_per_step"),
     # on a GPU the memory that limits a run is the device's (absent on CPU runs)
     "dpo_peak_gpu_vs_trl": ("dpo", "trl_dpo", "peak_gpu_mb"),
     "orpo_peak_gpu_vs_trl": ("orpo", "trl_orpo", "peak_gpu_mb"),

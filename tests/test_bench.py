@@ -166,6 +166,22 @@ def test_unshared_rows_differ_only_by_share_prompt(tmp_path):
         assert bench.compose(rows[f"{method}_unshared"]).train.share_prompt is False
 
 
+def test_cast_each_use_rows_differ_only_by_the_frozen_dtype_lever(tmp_path):
+    bench = _load_bench()
+    base = {"model": "tiny", "qlora": False, "data_path": str(tmp_path / "d.jsonl"),
+            "warmup": 1, "steps": 1, "batch": 2, "threads": 1, "precompute": False,
+            "work_dir": str(tmp_path)}
+    for on in ("dpo", "primal_dual_openers"):
+        rows = {}
+        for name in (on, f"{on}_cast_each_use"):
+            t = bench.TRAINERS[name]
+            rows[name] = bench.overrides({**base, "method": t.method, "extra": list(t.extra),
+                                          "constraints": list(t.constraints)})
+        assert rows[f"{on}_cast_each_use"] == rows[on] + ["train.hold_frozen_in_dtype=false"]
+        assert bench.compose(rows[on]).train.hold_frozen_in_dtype is True
+        assert bench.compose(rows[f"{on}_cast_each_use"]).train.hold_frozen_in_dtype is False
+
+
 @pytest.mark.slow
 def test_profile_step_writes_op_tables_for_each_part(tmp_path):
     """experiments/profile_step.py on the tiny model: an op table per part, GEMM rates."""

@@ -295,3 +295,33 @@ def test_bf16_step_stays_within_bf16_rounding_of_the_fp32_step(tmp_path, method)
     for a, b in zip(runs[FP32], runs[BF16]):
         for key in keys[method]:
             assert b[key] == pytest.approx(a[key], rel=rel_tol(torch.bfloat16), abs=2e-2), key
+
+
+def test_frozen_base_held_in_bf16_changes_no_number_and_keeps_the_adapter_fp32(tmp_path):
+    """train.hold_frozen_in_dtype (default true): under bf16 the frozen LoRA base layers are
+    stored in bf16, so autocast stops casting them at every use; the matmuls see the same bf16
+    values, so a primal-dual run (rollouts, KL, the opener kind) logs the same numbers as with
+    the weights kept fp32. The adapter and its optimizer state stay fp32. bf16 is forced (the
+    lever is off in fp32), so on an AVX2 machine this runs bf16 emulated: a 3-step tiny run."""
+    from pdalign.training.trainer import setup
+
+    common = ("method=primal_dual", "constraints=[kl_budget,refusal_openers,length]",
+              "constraints.length.epsilon=5", "train.rollout.max_new_tokens=8",
+              "eval.max_new_tokens=8", "train.rollout_every=2", "train.steps=3", BF16)
+    runs = {}
+    for hold in ("true", "false"):
+        _, rows = _run(tmp_path, *common, f"train.hold_frozen_in_dtype={hold}", name=hold)
+        runs[hold] = [{k: v for k, v in r.items() if not k.endswith(("time_s", "per_s"))}
+                      for r in rows]
+    assert runs["true"] and len(runs["true"]) == len(runs["false"]) == 3
+    for a, b in zip(runs["true"], runs["false"]):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-7, abs=1e-9), key
+    s, state = setup(compose(tiny_overrides(*common)), tmp_path / "parts")
+    frozen = {p.dtype for n, p in s.policy.model.named_parameters()
+              if not p.requires_grad and "proj" in n}
+    assert frozen == {torch.bfloat16}
+    assert {p.dtype for p in s.params} == {torch.float32}  # the adapter
+    assert s.policy.model.get_output_embeddings().weight.dtype == torch.float32
+    s.logger.close()

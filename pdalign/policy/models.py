@@ -347,6 +347,35 @@ def eval_mode(*models):
             m.train(was_training)
 
 
+def hold_frozen_linears(model, dtype: torch.dtype) -> int:
+    """Store every frozen ``nn.Linear`` weight (and bias) of ``model`` in ``dtype``; returns
+    how many layers changed. The output embedding is left alone (tied to the input embedding
+    on most small models, whose output feeds the fp32 residual stream).
+
+    Autocast casts a weight to the compute dtype at every use unless it is a leaf that requires
+    grad: a LoRA or QLoRA base layer is frozen, so its fp32 weight was cast anew in every
+    forward, backward recompute and rollout step. Held in the compute dtype it is cast once, and
+    the matmuls see the same bf16 values as before (round-to-nearest either way), so the
+    numbers do not change. Every forward of such a model must run under
+    `pdalign.policy.precision.autocast`, as the trainer's, the evaluation's and the samplers'
+    do; trainable parameters (the adapter, a full fine-tune) stay fp32, and so does their
+    optimizer state.
+    """
+    if dtype == torch.float32:
+        return 0
+    head = model.get_output_embeddings()
+    changed = 0
+    for module in model.modules():
+        if (isinstance(module, torch.nn.Linear) and module is not head
+                and not module.weight.requires_grad and module.weight.is_floating_point()
+                and module.weight.dtype != dtype):
+            module.weight.data = module.weight.data.to(dtype)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias.data = module.bias.data.to(dtype)
+            changed += 1
+    return changed
+
+
 def enable_activation_checkpointing(model, every_n_layers: int) -> None:
     """Recompute every ``every_n_layers``-th decoder layer in backward (0 = off).
 

@@ -35,6 +35,7 @@ from pdalign.policy.models import (
     enable_activation_checkpointing,
     frozen_copy,
     has_adapter,
+    hold_frozen_linears,
     load_model,
     load_tokenizer,
     reference_mode,
@@ -197,6 +198,10 @@ def build_policy(cfg: DictConfig, tokenizer, *, dtype: torch.dtype, quant, devic
     model = apply_peft(model, OmegaConf.to_container(cfg.peft) if adapter else None,
                        quantized=quant is not None).to(device)
     ref_model = frozen_copy(model) if needs_reference and not has_adapter(model) else None
+    if quant is None and cfg.train.get("hold_frozen_in_dtype", True):
+        # frozen base layers (and a frozen reference copy) in the compute dtype: no per-use cast
+        held = sum(hold_frozen_linears(m, dtype) for m in (model, ref_model) if m is not None)
+        log.info("frozen linear layers held in %s: %d (train.hold_frozen_in_dtype)", dtype, held)
     return Policy(model, ref_model, tokenizer, dtype, device)
 
 
@@ -275,7 +280,7 @@ def calibrate(cfg: DictConfig, constraints: list[Constraint], policy: Policy,
         check_budgets(cfg, constraints)  # a resumed relative bound came back from its checkpoint
         return {}
     calibrator = rollouts or build_rollouts(cfg, constraints, policy.tokenizer)
-    with policy.reference() as ref:
+    with policy.reference() as ref, autocast(policy.dtype, policy.device.type):
         done = calibrator.calibrate(ref)
     log.info("calibrated from the reference: %s", done)
     check_budgets(cfg, constraints)

@@ -95,6 +95,7 @@ RANGES: dict[str, tuple] = {
     "train.threads": ("integer", ">= 0", "torch CPU threads; 0 = torch's default"),
     "train.share_prompt": ((True, False, "auto"), None, "run each shared prompt once"),
     "train.precompute_ref_logps": ("boolean", None, "cache reference log-probs on disk"),
+    "train.hold_frozen_in_dtype": ("boolean", None, "frozen base weights in the compute dtype"),
     "train.rollout_every": ("integer", ">= 1", "steps between rollouts"),
     "train.rollout.prompts_per_rollout": ("integer", ">= 1", "prompts per set per rollout"),
     "train.rollout.max_new_tokens": ("integer", ">= 1", "generation budget in tokens"),
