@@ -1,3 +1,3 @@
 """Training: the loop (`trainer`), the one builder from config to objects (`build`), the config
-checks (`config`), the dual state (`dual`), checkpoints and resume (`checkpoint`), and the run's
-provenance (`manifest`)."""
+checks (`config`), the dual state (`dual`), checkpoints and resume (`checkpoint`), the run's
+provenance (`manifest`) and the memory model for sizing (`memory`)."""
