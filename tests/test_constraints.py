@@ -266,10 +266,11 @@ def test_user_prompt_files_jsonl_and_csv(tmp_path):
 
 def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
     sizes = {name: len(load_prompts(name)) for name in bundled_prompt_sets()}
-    assert sizes == {"adversarial": 122, "adversarial_framed": 244, "adversarial_heldout": 60,
-                     "adversarial_shifted": 60, "benign": 120, "benign_framed": 240,
-                     "benign_heldout": 60, "provocative": 80, "provocative_heldout": 40,
-                     "unseen_benign": 30, "unseen_harmful": 30}
+    assert sizes == {"adversarial": 122, "adversarial_contrast": 210, "adversarial_framed": 244,
+                     "adversarial_heldout": 210, "adversarial_shifted": 210, "benign": 120,
+                     "benign_framed": 240, "benign_heldout": 210, "benign_shifted": 210,
+                     "provocative": 80, "provocative_heldout": 40, "unseen_benign": 210,
+                     "unseen_harmful": 210}
     from pdalign.contract.prompts import bundled_prompts_dir
 
     for name in sizes:

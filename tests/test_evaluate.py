@@ -169,8 +169,8 @@ def test_evaluate_keys_bounds_shared_sets_and_determinism(policy, heldout, monke
     result = evaluate(model, tok, _builtin_constraints(), heldout_features=heldout,
                       objective=DPO(), **FAST)
     assert model.training  # mode restored
-    sets = {"refusal": ["id", "shifted"], "over_refusal": ["id"], "length": ["id"],
-            "toxicity": ["id"], "kl_budget": ["id"]}
+    sets = {"refusal": ["id", "shifted"], "over_refusal": ["id", "shifted"],
+            "length": ["id", "shifted"], "toxicity": ["id"], "kl_budget": ["id"]}
     for c, names in sets.items():
         for s in names:
             base = f"eval/{c}/{s}"
@@ -181,7 +181,7 @@ def test_evaluate_keys_bounds_shared_sets_and_determinism(policy, heldout, monke
                                                       - result[f"{base}/eps"], 0.0)
             assert result[f"{base}/upper"] >= result[f"{base}/value"]
             assert result[f"{base}/heldout"] == 1.0
-    assert "eval/refusal/shifted/value" in result and "eval/length/shifted/value" not in result
+    assert "eval/toxicity/shifted/value" not in result  # provocative has no shifted sibling
     for c in ("refusal", "over_refusal"):  # binary: exact CP plus a Wilson interval
         assert result[f"eval/{c}/id/bound/clopper_pearson"] == 1.0
         assert result[f"eval/{c}/id/lower_wilson"] <= result[f"eval/{c}/id/value"] \
@@ -193,9 +193,10 @@ def test_evaluate_keys_bounds_shared_sets_and_determinism(policy, heldout, monke
     assert result["eval/kl_budget/id/exact"] == 0.0 and result["eval/kl_budget/id/n"] == 6
     assert result["eval/refusal/id/n"] == 3 and result["eval/n_pairs"] == 6
     assert 0.0 <= result["eval/pref_accuracy"] <= 1.0
-    # 5 constraints x their sets = 6 (constraint, set) pairs, but benign_heldout is shared by
-    # over_refusal and length: 4 generations (adversarial id/shifted, benign, provocative)
-    assert len(calls) == 4 and len({tuple(p) for p in calls}) == 4
+    # 5 constraints x their sets = 8 (constraint, set) pairs, but benign_heldout and
+    # benign_shifted are shared by over_refusal and length: 5 generations (adversarial
+    # id/shifted, benign id/shifted, provocative)
+    assert len(calls) == 5 and len({tuple(p) for p in calls}) == 5
     again = evaluate(model, tok, _builtin_constraints(), heldout_features=heldout,
                      objective=DPO(), **FAST)
     assert again == result
@@ -337,7 +338,8 @@ def test_cli_on_a_two_step_run(tmp_path, capsys):
     assert saved["step"] == 2 and saved["checkpoint"].endswith("step-2/model")
     assert saved["metrics"]["eval/n_pairs"] == 4
     assert {(r["constraint"], r["set"]) for r in saved["certificate"]} == {
-        ("refusal", "id"), ("refusal", "shifted"), ("length", "id"), ("kl_budget", "id")}
+        ("refusal", "id"), ("refusal", "shifted"), ("length", "id"), ("length", "shifted"),
+        ("kl_budget", "id")}
     assert not list(tmp_path.glob(".eval.json-*"))  # the temp file was renamed
 
 
