@@ -151,35 +151,28 @@ def test_recompute_row_differs_from_dpo_only_by_activation_checkpointing(tmp_pat
     assert bench.compose(rows["dpo"]).train.activation_checkpointing == 0
 
 
-def test_unshared_rows_differ_only_by_share_prompt(tmp_path):
+@pytest.mark.parametrize("on, extra, key, on_value, off_value", [
+    ("dpo", "train.share_prompt=false", "share_prompt", "auto", False),  # auto = shared on CPU
+    ("orpo", "train.share_prompt=false", "share_prompt", "auto", False),
+    ("dpo", "train.hold_frozen_in_dtype=false", "hold_frozen_in_dtype", True, False),
+    ("primal_dual_openers", "train.hold_frozen_in_dtype=false", "hold_frozen_in_dtype", True,
+     False),
+])
+def test_a_lever_off_row_differs_from_its_row_only_by_the_lever(tmp_path, on, extra, key,
+                                                                 on_value, off_value):
     bench = _load_bench()
+    off = {"train.share_prompt=false": f"{on}_unshared"}.get(extra, f"{on}_cast_each_use")
     base = {"model": "tiny", "qlora": False, "data_path": str(tmp_path / "d.jsonl"),
             "warmup": 1, "steps": 1, "batch": 2, "threads": 1, "precompute": False,
             "work_dir": str(tmp_path)}
-    for method in ("dpo", "orpo"):
-        rows = {}
-        for name in (method, f"{method}_unshared"):
-            t = bench.TRAINERS[name]
-            rows[name] = bench.overrides({**base, "method": t.method, "extra": list(t.extra)})
-        assert rows[f"{method}_unshared"] == rows[method] + ["train.share_prompt=false"]
-        assert bench.compose(rows[method]).train.share_prompt == "auto"  # shared on CPU
-        assert bench.compose(rows[f"{method}_unshared"]).train.share_prompt is False
-
-
-def test_cast_each_use_rows_differ_only_by_the_frozen_dtype_lever(tmp_path):
-    bench = _load_bench()
-    base = {"model": "tiny", "qlora": False, "data_path": str(tmp_path / "d.jsonl"),
-            "warmup": 1, "steps": 1, "batch": 2, "threads": 1, "precompute": False,
-            "work_dir": str(tmp_path)}
-    for on in ("dpo", "primal_dual_openers"):
-        rows = {}
-        for name in (on, f"{on}_cast_each_use"):
-            t = bench.TRAINERS[name]
-            rows[name] = bench.overrides({**base, "method": t.method, "extra": list(t.extra),
-                                          "constraints": list(t.constraints)})
-        assert rows[f"{on}_cast_each_use"] == rows[on] + ["train.hold_frozen_in_dtype=false"]
-        assert bench.compose(rows[on]).train.hold_frozen_in_dtype is True
-        assert bench.compose(rows[f"{on}_cast_each_use"]).train.hold_frozen_in_dtype is False
+    rows = {}
+    for name in (on, off):
+        t = bench.TRAINERS[name]
+        rows[name] = bench.overrides({**base, "method": t.method, "extra": list(t.extra),
+                                      "constraints": list(t.constraints)})
+    assert rows[off] == rows[on] + [extra]
+    assert bench.compose(rows[on]).train[key] == on_value
+    assert bench.compose(rows[off]).train[key] is off_value
 
 
 @pytest.mark.slow
