@@ -335,7 +335,7 @@ def split_heldout(rows: Sequence[PreferenceRow], fraction: float, seed: int = 0,
     return train, heldout
 
 
-# ---- tokenization ------------------------------------------------------------------------
+# ---- a value as chat messages or as text (the tokenizer's input) ---------------------------
 
 
 def as_messages(value: Value, role: str) -> list[dict]:
@@ -345,10 +345,3 @@ def as_messages(value: Value, role: str) -> list[dict]:
 def as_text(value: Value) -> str:
     """Response text for the no-template path: a string, or its messages' contents."""
     return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
-
-
-# ---- collation ---------------------------------------------------------------------------
-
-
-# ---- one call for the trainer ------------------------------------------------------------
-

@@ -511,8 +511,3 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
         ref_logps=per_sequence(ref_logp, st.row[:m_ref], n),
         stop_logps=stop,
     )
-
-
-# ---- reference log-probs computed once and cached on disk ----------------------------------
-
-

@@ -331,7 +331,7 @@ def frozen_copy(model):
     return ref
 
 
-# ---- precision ---------------------------------------------------------------------------
+# ---- modes: eval, activation checkpointing, frozen weights in the compute dtype -------------
 
 
 @contextmanager
