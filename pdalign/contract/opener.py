@@ -11,6 +11,7 @@ import torch
 from pdalign.contract.base import Constraint, ConstraintEstimate, StepView
 from pdalign.contract.pair import SeededBatches
 from pdalign.contract.prompts import load_prompts, resolve_prompts
+from pdalign.policy.logprobs import sequence_logps
 from pdalign.policy.sampling import chat_prompt_ids, right_pad
 
 Tensor = torch.Tensor
@@ -83,6 +84,7 @@ class OpenerConstraint(Constraint):
         self.rows_per_prompt = len(openers)  # each prompt's rows: one per opener
         self.whole = bool(whole)
         self.prompt_ids: list[list[int]] | None = None  # set by `bind`
+        self.tokenizer = None
         self.opener_ids: list[list[int]] = []
         self.pad_id = 0
         self.batches: SeededBatches | None = None
@@ -95,8 +97,12 @@ class OpenerConstraint(Constraint):
         """Tokenize the prompts (chat template, assistant header) and the openers, and check the
         openers' events are disjoint in token space."""
 
-        tok = policy.tokenizer
-        self.prompt_ids = [chat_prompt_ids(tok, p) for p in self.prompts]
+        self._tokenize_openers(policy.tokenizer)
+        self.prompt_ids = [chat_prompt_ids(policy.tokenizer, p) for p in self.prompts]
+        self.batches = SeededBatches(len(self.prompts), self.batch_size, seed)
+
+    def _tokenize_openers(self, tok) -> None:
+        self.tokenizer = tok
         end = [tok.eos_token_id] if self.whole else []
         if self.whole and tok.eos_token_id is None:
             raise ValueError(f"{self.config_key('whole')}=true needs a tokenizer with an EOS "
@@ -111,7 +117,6 @@ class OpenerConstraint(Constraint):
                         f"of {self.openers[j]!r}, so their probabilities overlap; drop the "
                         f"longer one or make them differ within the first one's tokens")
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.batches = SeededBatches(len(self.prompts), self.batch_size, seed)
 
     def rows(self, device) -> dict[str, Tensor]:
         """The next ``batch_size`` prompts of a seeded epoch order, each followed by every
@@ -122,15 +127,22 @@ class OpenerConstraint(Constraint):
         if self.prompt_ids is None:
             raise RuntimeError(f"constraints.{self.name}: call bind(policy) before training")
         self._batch = self.batches.next()
-        rows = [(self.prompt_ids[i], o) for o in self.opener_ids for i in self._batch]
+        return self._opener_rows([self.prompt_ids[i] for i in self._batch], device)
+
+    def _opener_rows(self, prompt_ids: list[list[int]], device) -> dict[str, Tensor]:
+        rows = [(p, o) for o in self.opener_ids for p in prompt_ids]
         ids, mask, labels = right_pad(rows, self.pad_id)
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
                 "labels": labels.to(device)}
 
+    @staticmethod
+    def _log_mass(logps: Tensor, prompts: int) -> Tensor:
+        """log P(x) per prompt (B,) from opener-major row log-probs (J * B,)."""
+        return torch.logsumexp(logps.float().view(-1, prompts), dim=0)
+
     def step_estimate(self, view: StepView) -> ConstraintEstimate:
         out = view.rows[self.name]
-        # (J, B) opener-major, as `rows` lays them out
-        log_p = torch.logsumexp(out.logps.float().view(-1, len(self._batch)), dim=0)  # (B,)
+        log_p = self._log_mass(out.logps, len(self._batch))  # (B,)
         p = log_p.exp().clamp(max=1.0)
         if self.side == "wanted":
             g, loss = (1.0 - p).mean(), -log_p.mean()
@@ -139,6 +151,28 @@ class OpenerConstraint(Constraint):
         surrogate = g.detach() + (loss - loss.detach())
         return ConstraintEstimate(value=g.detach(), surrogate=surrogate,
                                   stats={"log_mass": float(log_p.detach().mean())})
+
+    @torch.no_grad()
+    def prompt_values(self, model, tokenizer, prompts: Sequence[str], device) -> Tensor:
+        """Each prompt's exact share of g, (N,) float64 on CPU, in prompt order: 1 - P(x) on the
+        wanted side, P(x) on the bounded side, teacher-forced like the training rows, in
+        micro-batches of ``batch_size`` prompts. Their mean is g on those prompts, the
+        opener-judged rate without sampling noise; the held-out ``<set>.opener`` rows bound it
+        (`pdalign.evaluation.bounds.betting_mean_upper`). The caller sets eval mode and
+        autocast."""
+
+        if self.tokenizer is not tokenizer:
+            self._tokenize_openers(tokenizer)
+        ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+        out = []
+        for s in range(0, len(ids), self.batch_size):
+            chunk = ids[s:s + self.batch_size]
+            batch = self._opener_rows(chunk, device)
+            logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"],
+                                   batch["labels"]).logps
+            out.append(self._log_mass(logps, len(chunk)).exp().clamp(max=1.0).double().cpu())
+        p = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        return 1.0 - p if self.side == "wanted" else p
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.batches is None else self.batches.state_dict()

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pdalign.evaluation.bounds import BOUNDS, EXACT_BOUNDS
-from pdalign.runfiles.metrics import eval_key, parse_eval_key, set_order
+from pdalign.runfiles.metrics import OPENER_ROW, eval_key, parse_eval_key, set_order
 
 
 def set_metrics(constraint: str, prompt_set: str, *, value: float, upper: float, bound: str,
@@ -99,6 +99,11 @@ def render_certificate(rows: Sequence[Mapping], result: Mapping[str, float] | No
     for name in dict.fromkeys(r["bound"] for r in rows):
         lines.append(f"- `{name}`{'' if name in EXACT_BOUNDS else ' †'}: "
                      f"{BOUNDS.get(name, 'unknown bound')}")
+    if any(r["set"].endswith(OPENER_ROW) for r in rows):
+        lines.append(f"- `<set>{OPENER_ROW}`: the same prompts scored exactly, each prompt's "
+                     "probability of (not) opening with the constraint's openers, no sampling; "
+                     "it bounds the opener-judged rate (and, for refusal openers, the answered "
+                     "rate above it). The sampled row is the headline.")
     if not all(r["heldout"] for r in rows):
         lines.append("- (train prompts): no held-out set exists for this constraint; its "
                      "training prompts were used, so the row is not a held-out estimate.")

@@ -6,7 +6,13 @@
   objective's own implicit reward;
 - each sampled constraint's value g(pi) = E[c(x, y)], y ~ pi(.|x), on held-out prompt sets:
   ``id`` (in-distribution) and ``shifted`` (distribution-shifted), see `heldout_prompt_sets`;
-- each constraint that reads pairs (the KL budget) on the held-out pairs.
+- each constraint that reads pairs (the KL budget) on the held-out pairs;
+- each opener constraint's exact per-prompt value (1 - P(opens as wanted | x), or P(opens as
+  bounded | x)) on the same prompts, in a row of its own, set ``<set>.opener``, with the
+  variance-adaptive betting bound: no sampling noise, so a far tighter bound on the
+  opener-judged rate. On the wanted side (refusal openers) it also bounds the sampled,
+  phrase-judged answered rate, since the phrase detector judges an answer opening with any
+  opener a refusal; on the bounded side it is a lower estimate of the over-refusal rate only. The sampled row stays the headline.
 
 Each value comes with a one-sided upper confidence bound at ``confidence`` (`pdalign.evaluation.bounds`;
 `cost_bound` picks which from what the constraint declares about its costs: ``cost_binary``,
@@ -36,9 +42,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pdalign.contract.base import Constraint
+from pdalign.contract.opener import OpenerConstraint
 from pdalign.contract.prompts import bundled_prompts_dir, load_prompts, resolve_prompts
 from pdalign.data.features import collate
 from pdalign.evaluation.bounds import (
+    betting_mean_upper,
     bounded_mean_upper,
     check_confidence,
     clopper_pearson_upper,
@@ -50,7 +58,7 @@ from pdalign.policy.logprobs import SequenceLogps, sequence_logps
 from pdalign.policy.models import eval_mode
 from pdalign.policy.precision import autocast
 from pdalign.policy.sampling import generate
-from pdalign.runfiles.metrics import SET_ORDER
+from pdalign.runfiles.metrics import OPENER_ROW, SET_ORDER, opener_set
 
 log = logging.getLogger("pdalign")
 Tensor = torch.Tensor
@@ -105,9 +113,10 @@ def heldout_prompt_sets(constraint, override: Mapping[str, Any] | None = None
             if path.is_file():
                 found[name] = path
     for name, source in (override or {}).items():
-        if "/" in str(name) or not str(name):
-            raise ValueError(f"eval.sets.{constraint.name}: set name {name!r} must be non-empty "
-                             f"and contain no '/' (it becomes part of a metric key)")
+        if "/" in str(name) or not str(name) or str(name).endswith(OPENER_ROW):
+            raise ValueError(f"eval.sets.{constraint.name}: set name {name!r} must be non-empty, "
+                             f"contain no '/' (it becomes part of a metric key) and not end in "
+                             f"{OPENER_ROW!r} (the exact opener rows' suffix)")
         if source is None:
             found.pop(str(name), None)
         else:
@@ -290,6 +299,12 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
                 result.update(set_metrics(c.name, set_name, value=float(costs.mean()),
                                           upper=upper, bound=bound, eps=float(c.epsilon),
                                           n=len(rollout), heldout=heldout, wilson=wilson))
+                if isinstance(c, OpenerConstraint):
+                    exact = c.prompt_values(model, tokenizer, prompts[path], device)
+                    result.update(set_metrics(
+                        c.name, opener_set(set_name), value=float(exact.mean()),
+                        upper=betting_mean_upper(exact.numpy(), confidence), bound="betting",
+                        eps=float(c.epsilon), n=len(exact), heldout=heldout))
     return result
 
 

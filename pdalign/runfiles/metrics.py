@@ -158,9 +158,27 @@ def parse_eval_key(key: str) -> tuple[str, str, str] | None:
     return (m[1], m[2], m[3]) if m else None
 
 
+OPENER_ROW = ".opener"  # set-name suffix of an opener constraint's exact-probability rows
+
+
+def opener_set(prompt_set: str) -> str:
+    """The set name of the exact opener-probability row on ``prompt_set`` (``id.opener``), the
+    row beside the sampled one (`pdalign.evaluation.heldout.evaluate` writes both)."""
+    return prompt_set + OPENER_ROW
+
+
+def base_set(prompt_set: str) -> str:
+    """The prompt set a row was measured on: ``id`` for both ``id`` and ``id.opener``."""
+    return prompt_set.removesuffix(OPENER_ROW)
+
+
 def set_order(pairs) -> list[tuple[str, str]]:
-    """(constraint, prompt set) pairs sorted: constraints by name, ``id`` then ``shifted``."""
-    return sorted(set(pairs), key=lambda p: (p[0], SET_ORDER.get(p[1], 9), p[1]))
+    """(constraint, prompt set) pairs sorted: constraints by name, ``id`` then ``shifted``, each
+    sampled row before its ``.opener`` row."""
+    def key(p):
+        base = base_set(p[1])
+        return p[0], SET_ORDER.get(base, 9), base, p[1] != base
+    return sorted(set(pairs), key=key)
 
 
 def signal_key(constraint: str, field: str) -> str:
