@@ -202,9 +202,10 @@ def test_shipped_accelerate_configs_and_slurm_script_parse():
 
     folder = ROOT / "experiments" / "accelerate"
     ddp = load_config_from_file(str(folder / "ddp.yaml"))
-    fsdp = load_config_from_file(str(folder / "fsdp.yaml"))
-    assert ddp.distributed_type == DistributedType.MULTI_GPU
-    assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_version"] == 2
+    fsdp = load_config_from_file(str(folder / "fsdp2.yaml"))
+    # FSDP2 is pdalign's own (train.sharding=fsdp2): accelerate only launches the processes
+    assert ddp.distributed_type == fsdp.distributed_type == DistributedType.MULTI_GPU
+    assert "train.sharding=fsdp2" in (folder / "fsdp2.yaml").read_text()
     assert ddp.mixed_precision == fsdp.mixed_precision == "no"  # pdalign picks the precision
     subprocess.run(["bash", "-n", str(folder / "slurm.sbatch")], check=True)
 

@@ -33,13 +33,18 @@ def test_parts_by_hand():
 
 
 def test_fsdp2_recompute_qlora_rollouts_and_8bit_by_hand():
-    """FSDP2 on 4 ranks: weights 2544 / 4 + 2 whole layers in flight (2 x 576 x 2 B) = 2940,
-    the adapter 3584 / 4 = 896. recompute=1: both layers keep only their fp32 input (2 x 8 x 4
+    """FSDP2 on 4 ranks: weights 2544 / 4 + 2 whole layers in flight (2 x 576 x 2 B) + the LM
+    head whole outside the sharded decoder (tied: a copy of the 10 x 8 embedding, 160 B) = 3100;
+    untied (embeddings 2 x 80): (1152 + 160 + 40) x 2 / 4 + 2304 + 160 x 3/4 = 3100 as well,
+    the head's shard replaced by the whole head. The adapter 3584 / 4 = 896. recompute=1: both layers keep only their fp32 input (2 x 8 x 4
     B) and one is whole while recomputed (344): 408 per token, 4080. QLoRA: linears at 4.127
     bits = 1152 x 4.127 / 8, embeddings still 2 B; 8-bit moments: 224 x (4 + 4 + 2). A rollout
     of 20 tokens: keys and values, 2 x 2 layers x 4 x 20 x 2 B = 640."""
     sharded = predict(SMALL, replace(RUN, sharding="fsdp2", world=4))
-    assert sharded["weights"] == pytest.approx(2940)
+    assert sharded["weights"] == pytest.approx(3100)
+    untied = replace(SMALL, tied=False)
+    assert predict(untied, replace(RUN, sharding="fsdp2", world=4))["weights"] == \
+        pytest.approx((1152 + 160 + 40) * 2 / 4 + 2304 + 160 * 3 / 4)
     assert sharded["adapter+optimizer"] == pytest.approx(896)
     assert predict(SMALL, replace(RUN, sharding="ddp", world=4))["weights"] == 2544
     assert predict(SMALL, replace(RUN, recompute=1))["activations"] == 4080

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors.torch import save_model
+from torch.distributed.fsdp import FSDPModule
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -81,6 +83,15 @@ def embedded_dir() -> Path:
     return target
 
 
+def _save_here(model, directory) -> None:
+    """``model`` as a from_pretrained directory, written by this process whatever its rank
+    (transformers' save_pretrained writes on rank 0 alone once torch.distributed is up)."""
+    model.config.save_pretrained(directory)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(directory)
+    save_model(model, str(Path(directory) / "model.safetensors"), metadata={"format": "pt"})
+
+
 def _materialize(gguf: Path, target: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -95,7 +106,7 @@ def _materialize(gguf: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
     try:
-        clean.save_pretrained(tmp)
+        _save_here(clean, tmp)
         tokenizer.save_pretrained(tmp)
         if (target / "model.safetensors").is_file():  # another process (rank) finished first
             shutil.rmtree(tmp)
@@ -181,7 +192,7 @@ def load_model(name_or_path: str, *, tiny: dict | None = None, quantization: Any
         if quantization is not None:
             # bitsandbytes swaps Linear layers at load time only; round-trip through a dir.
             with tempfile.TemporaryDirectory() as tmp:
-                build_tiny(len(tokenizer), **(tiny or {})).save_pretrained(tmp)
+                _save_here(build_tiny(len(tokenizer), **(tiny or {})), tmp)
                 model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quantization)
             # The temp dir is gone: name the model "" as a from-config tiny model is, or peft's
             # save_pretrained looks for its config.json there and on the hub, and warns.
@@ -298,6 +309,12 @@ def dequantized_state_dict(quantized, plain) -> dict[str, torch.Tensor]:
             tensor = bnb.functional.dequantize_4bit(tensor.data, tensor.quant_state)
         out[key] = tensor.detach().to(device="cpu", dtype=torch.float32)
     return out
+
+
+def is_sharded(model) -> bool:
+    """Whether any part of ``model`` is an FSDP2 unit (`pdalign.training.sharding`), so that
+    its forward is a collective every rank must enter."""
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def has_adapter(model) -> bool:

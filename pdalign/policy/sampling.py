@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from pdalign.policy.models import eval_mode
+from pdalign.policy.models import eval_mode, is_sharded
 
 Tensor = torch.Tensor
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -99,6 +100,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempe
     sampling = {"do_sample": False} if temperature == 0 else {
         "do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
     prompt_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+    # sharded (FSDP2): each decode step is a collective, so a rank whose samples have all
+    # stopped keeps stepping until every rank's have
+    synced = is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
     responses: list[list[int]] = []
     starts = range(0, len(prompts), batch_size)
     with eval_mode(model), _seeded(seed, device):
@@ -112,7 +116,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempe
             out = model.generate(input_ids=ids, attention_mask=mask,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                  eos_token_id=sorted(eos_ids), repetition_penalty=1.0,
-                                 use_cache=True, **sampling)  # (b, width + new)
+                                 use_cache=True, synced_gpus=synced or None,
+                                 **sampling)  # (b, width + new)
             for row in out[:, width:].tolist():
                 responses.append(_truncate_at_eos(row, eos_ids))
     input_ids, attention_mask, labels = right_pad(list(zip(prompt_ids, responses)), pad_id)

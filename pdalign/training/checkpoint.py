@@ -3,8 +3,10 @@ training state (DualState, rollouts, batch stream, constraints), step.
 
 Layout of ``checkpoints/step-N``:
 
-- ``state/``: `accelerate.Accelerator.save_state`: the optimizer and scheduler (under FSDP the
-  optimizer state and the model are written as shards, each rank its own), each rank's Python,
+- ``state/``: `accelerate.Accelerator.save_state`: the optimizer and scheduler (under
+  ``train.sharding=fsdp2``, ``state/sharded/``: each rank's shard of the adapter and the
+  optimizer state through torch.distributed.checkpoint, the scheduler in the training state;
+  under accelerate's FSDP the optimizer state and the model as its shards), each rank's Python,
   NumPy, torch and CUDA RNG (``random_states_<rank>.pkl``), and ``custom_checkpoint_0.pkl``:
   every rank's `pdalign.training.trainer.TrainState` (`PerRank`), since accelerate writes registered
   objects from the main process alone and each rank samples its own rollouts;
@@ -35,7 +37,10 @@ import torch
 from accelerate.utils import DistributedType, broadcast_object_list, gather_object, send_to_device
 from safetensors.torch import load_file
 
+from pdalign.training import sharding
+
 _STATE = "trainer_state.pt"
+_SHARDS = "sharded"  # under state/: FSDP2's torch.distributed.checkpoint files
 
 
 class PerRank:
@@ -74,10 +79,28 @@ def register(accelerator, state) -> None:
     weights as ``model/`` (save_pretrained) instead of the whole module. Call once, after
     ``accelerator.prepare`` and before `resume` / `save`."""
     accelerator.register_for_checkpointing(PerRank(state, accelerator))
+    if getattr(state, "sharded", False):  # FSDP2 applied by pdalign: accelerate holds no model
+        accelerator.register_save_state_pre_hook(
+            lambda models, weights, out: _save_fsdp2(accelerator, state, Path(out)))
+        accelerator.register_load_state_pre_hook(
+            lambda models, in_dir: sharding.load_sharded(state.model, state.optimizer,
+                                                         Path(in_dir) / _SHARDS))
+        return
     accelerator.register_save_state_pre_hook(
         lambda models, weights, out: _save_weights(accelerator, models, weights, Path(out)))
     accelerator.register_load_state_pre_hook(
         lambda models, in_dir: _load_weights_hook(accelerator, models, Path(in_dir)))
+
+
+def _save_fsdp2(accelerator, state, out: Path) -> None:
+    """save_state's pre-hook under FSDP2 (`pdalign.training.sharding`), on every rank: the
+    adapter gathered in full as ``out/../model`` (what export, eval and generate read), and each
+    rank's shard of the adapter and the optimizer state as ``out/sharded`` (what resume reads).
+    Both are collectives."""
+    full = sharding.full_state_dict(state.model)
+    if accelerator.is_main_process:
+        state.model.save_pretrained(out.parent / "model", state_dict=full)
+    sharding.save_sharded(state.model, state.optimizer, out / _SHARDS)
 
 
 def _sharded(accelerator) -> bool:

@@ -9,7 +9,8 @@ the run's settings, nothing is fitted to a measurement:
   `pdalign.policy.models.hold_frozen_linears`; fp32 = 4; nf4 with double quantization =
   4.127 bits); the embeddings (and an untied LM head) and the norms stay in their load dtype
   (bitsandbytes does not quantize them). FSDP2 keeps 1/W of them per rank plus the unsharded
-  weights of the two decoder layers in flight (the current one and the prefetched one);
+  weights of the two decoder layers in flight (the current one and the prefetched one), and
+  the LM head whole (it stays outside the sharded decoder, `pdalign.training.sharding`);
 - adapter: LoRA A and B of each target module (r·(d_in + d_out) parameters) in fp32, their
   fp32 gradients and the optimizer's two moments (fp32 for AdamW, 8-bit for AdamW8bit); FSDP2
   shards all three;
@@ -155,6 +156,10 @@ def predict(model: ModelShape, run: RunShape) -> dict[str, float]:
     weights = full_weights / shard
     if shard > 1:  # the layers in flight are whole: the current one and the prefetched one
         weights += 2 * per_layer_linear * max(weight_bytes, run.compute_bytes)
+        # the LM head is a full copy on every rank, outside the sharded decoder
+        # (pdalign.training.sharding); a tied one becomes that copy beside the sharded embedding
+        head = model.vocab * model.hidden * run.embed_bytes
+        weights += head if model.tied else head * (1 - 1 / shard)
     parts: dict[str, float] = {"weights": weights}
     if run.adapter == "none":  # every weight trains: fp32 grads and moments; a frozen reference
         moments = 8 if run.optimizer == "adamw" else 2
@@ -189,8 +194,10 @@ def sizing_rows(models: Mapping[str, ModelShape] | None = None, *, tokens: int =
     rows = []
     base = RunShape(tokens=tokens, rollout_tokens=rollout_tokens, world=world)
     for name, shape in models.items():
-        for adapter, optimizer in (("lora", "adamw"), ("qlora", "adamw_8bit")):
+        for adapter in ("lora", "qlora"):
             for sharding in ("ddp", "fsdp2"):
+                # QLoRA's 8-bit AdamW under DDP; FSDP2 takes torch's AdamW only
+                optimizer = "adamw_8bit" if adapter == "qlora" and sharding == "ddp" else "adamw"
                 run = replace(base, adapter=adapter, optimizer=optimizer, sharding=sharding)
                 parts = predict(shape, run)
                 again = predict(shape, replace(run, recompute=1))  # activation checkpointing

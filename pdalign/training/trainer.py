@@ -43,6 +43,7 @@ from pdalign.training import build
 from pdalign.training import checkpoint as ckpt
 from pdalign.training.config import check_config
 from pdalign.training.manifest import run_files, write_manifest
+from pdalign.training.sharding import check_sharding, local_norm, shard_policy
 
 log = logging.getLogger("pdalign")
 
@@ -164,17 +165,23 @@ class TrainState:
     constraints: list = field(default_factory=list)  # the trained constraints (their state)
     step: int = 0
     elapsed_s: float = 0.0
+    sharded: bool = False  # FSDP2: the optimizer is saved sharded, the scheduler here
 
     def state_dict(self) -> dict[str, Any]:
-        # the optimizer and scheduler are saved by accelerate (sharded under FSDP / ZeRO)
-        return {"step": self.step, "dual": self.dual.state_dict(),
-                "rollouts": self.rollouts.state_dict() if self.rollouts is not None else None,
-                "data": self.batches.state_dict(), "elapsed_s": float(self.elapsed_s),
-                "constraints": {c.name: c.state_dict() for c in self.constraints}}
+        # the optimizer and scheduler are saved by accelerate; under FSDP2 the optimizer's
+        # shards by pdalign.training.sharding and the scheduler (the same on every rank) here
+        out = {"step": self.step, "dual": self.dual.state_dict(),
+               "rollouts": self.rollouts.state_dict() if self.rollouts is not None else None,
+               "data": self.batches.state_dict(), "elapsed_s": float(self.elapsed_s),
+               "constraints": {c.name: c.state_dict() for c in self.constraints}}
+        if self.sharded:
+            out["scheduler"] = self.scheduler.state_dict()
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "optimizer" in state:  # checkpoints written before accelerate's save_state
             self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # those, and FSDP2 runs
             self.scheduler.load_state_dict(state["scheduler"])
         self.dual.load_state_dict(state["dual"])
         if self.rollouts is not None and state["rollouts"] is not None:
@@ -208,6 +215,7 @@ class Setup:
     needs_kl: bool  # some trained constraint reads the exact KL of the preference rows
     share_prompt: bool  # each pair's (opener rows') prompt runs once (train.share_prompt)
     shared_forward: bool  # rollout rows join the pairs' forward (one forward per backward: DDP)
+    sharded: bool = False  # FSDP2 (train.sharding=fsdp2): every rank runs the evaluation too
     warned: set = field(default_factory=set)  # constraints already warned about as stalled
 
     @property
@@ -237,6 +245,11 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=int(tcfg.grad_accum))
     device, main, world = accelerator.device, accelerator.is_main_process, accelerator.num_processes
+    sharded = check_sharding(cfg, accelerator.distributed_type)
+    if sharded and world == 1:
+        log.warning("train.sharding=fsdp2 with one process: nothing to shard, the run is "
+                    "unsharded (launch with torchrun or accelerate launch for several ranks)")
+        sharded = False
     seed_everything(int(cfg.seed))
 
     # ---- config and data, before the model ---------------------------------------------------
@@ -275,11 +288,17 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
     if precomputed:
         train_set = build.build_reference_cache(cfg, policy, train_set, quant, world_size=world,
                                                 progress=main)
+    if sharded:  # before the optimizer: fully_shard replaces the parameters by DTensors
+        shard_policy(policy.model)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer, scheduler = build.build_optimizer(cfg, params)
     loader, generator = build.build_loader(cfg, train_set, tokenizer)
-    forward, optimizer, loader, scheduler = accelerator.prepare(
-        PolicyForward(policy.model, policy.ref_model), optimizer, loader, scheduler)
+    if sharded:  # accelerate would wrap the module in DDP, and save the optimizer from rank 0
+        forward = PolicyForward(policy.model, policy.ref_model)
+        loader = accelerator.prepare(loader)
+    else:
+        forward, optimizer, loader, scheduler = accelerator.prepare(
+            PolicyForward(policy.model, policy.ref_model), optimizer, loader, scheduler)
     share_setting = tcfg.get("share_prompt", "auto")
     share_prompt = resolve_share_prompt(share_setting, device.type)
     log.info("shared prompt: %s (train.share_prompt=%s)", share_prompt, share_setting)
@@ -287,7 +306,7 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
     rollouts = build.build_rollouts(cfg, constraints, tokenizer, rank=accelerator.process_index,
                                     every=int(tcfg.rollout_every))
     state = TrainState(policy.model, optimizer, scheduler, dual, rollouts,
-                       BatchStream(loader, generator), constraints)
+                       BatchStream(loader, generator), constraints, sharded=sharded)
     ckpt.register(accelerator, state)  # save_state / load_state cover every rank's state
     ckpt.resume(tcfg.get("resume"), run_dir, state, accelerator)
     build.calibrate(cfg, eval_constraints, policy, rollouts)
@@ -306,8 +325,8 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
               share_prompt=share_prompt,
               # One process: rollout rows get a forward of their own at their own width (~half
               # the pairs' here). Under DDP one forward per backward is required, so they share
-              # the pairs' forward there.
-              shared_forward=world > 1)
+              # the pairs' forward there; FSDP2 has no such rule.
+              shared_forward=world > 1 and not sharded, sharded=sharded)
     return s, state
 
 
@@ -444,7 +463,7 @@ def primal_step(s: Setup, state: TrainState) -> StepResult:
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v / accum
         tokens += n_tokens
-    grad_norm = (s.accelerator.clip_grad_norm_(s.params, tcfg.max_grad_norm)
+    grad_norm = (local_norm(s.accelerator.clip_grad_norm_(s.params, tcfg.max_grad_norm))
                  if finite and tcfg.max_grad_norm else None)
     if grad_norm is not None and not torch.isfinite(grad_norm):
         finite = False  # a finite loss with overflowing gradients: skip it the same way
@@ -539,9 +558,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     s.logger.log(last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
             bar.update(1)
-            # held-out evaluation on the main process; the checkpoint on every rank (each
+            # held-out evaluation on the main process (on every rank under FSDP2, whose
+            # forward is a collective; the main one logs); the checkpoint on every rank (each
             # saves its own RNG, rollouts and optimizer shard)
-            if s.main and out.finite and _due(cfg.eval.every, state.step, steps):
+            if (s.main or s.sharded) and out.finite and _due(cfg.eval.every, state.step, steps):
                 s.logger.log(_held_out(s, state.step))
             if _due(cfg.train.checkpoint_every if out.finite else 0, state.step, steps):
                 state.elapsed_s = time.perf_counter() - t_start
