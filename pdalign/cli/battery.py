@@ -15,12 +15,16 @@ Prompt sets: each constraint's bundled held-out sets (``id``, ``shifted``), plus
 ``--constraints refusal,over_refusal`` adds shipped constraint configs to the run's, so a
 baseline trained without constraints can be checked too. ``--fail-on-violation`` exits 1 when a
 row of the checkpoint's certificate FAILs, so the battery can gate a pipeline (2 = bad input).
-Everything is also written as JSON (default ``RUN/battery-step-N.json``).
+``--ifeval N`` also scores both models on N IFEval prompts (`pdalign.evaluation.ifeval`: the
+capability the constraints cost) and prints their prompt/instruction x strict/loose table; the
+``eval/ifeval/*`` keys go into the JSON's metrics. Everything is also written as JSON (default
+``RUN/battery-step-N.json``).
 
 Examples:
     pdalign-battery --run-dir RUN --fail-on-violation
     pdalign-battery --run-dir RUN --set refusal:redteam=/data/redteam.csv --worst 5
     pdalign-battery --run-dir DPO_RUN --constraints refusal,over_refusal
+    pdalign-battery --run-dir RUN --ifeval 50
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from pdalign.cli.common import (
 )
 from pdalign.evaluation.certificate import certificate, render_certificate
 from pdalign.evaluation.heldout import eval_kwargs, evaluate
+from pdalign.evaluation.ifeval import check_ifeval_args, render_table
 from pdalign.training import build
 from pdalign.training.config import CONF_DIR
 
@@ -164,6 +169,8 @@ def render(result: Mapping[str, Any], *, title: str, worst: int) -> str:
             lines.append(f"- held-out preference accuracy, {name}: "
                          f"{metrics['eval/pref_accuracy']:.3f} over {int(metrics['eval/n_pairs'])}"
                          f" pairs")
+    ifeval = render_table({"base": result.get("base"), "checkpoint": result["checkpoint"]})
+    lines += ["", ifeval] if ifeval else []
     lines += ["", side_by_side(result["base_certificate"], result["certificate"]),
               render_certificate(result["certificate"], result["checkpoint"]).replace(
                   "## Constraint certificate", "## Checkpoint certificate"),
@@ -174,6 +181,13 @@ def render(result: Mapping[str, Any], *, title: str, worst: int) -> str:
                  + (": " + ", ".join(f"{r['constraint']}/{r['set']}" for r in failed)
                     if failed else "."))
     return "\n".join(lines) + "\n"
+
+
+def _check_ifeval(n, max_new_tokens, n_name: str, tokens_name: str) -> None:
+    try:
+        check_ifeval_args(n, max_new_tokens, n_name=n_name, tokens_name=tokens_name, off_ok=True)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, help="default: eval.max_new_tokens")
     parser.add_argument("--confidence", type=float, help="default: eval.confidence")
     parser.add_argument("--seed", type=int, help="sampling seed; default eval.seed")
+    parser.add_argument("--ifeval", type=int, metavar="N", help="also score N IFEval prompts "
+                        "(1..541, greedy; 0 = off) on the checkpoint and the base; default "
+                        "eval.ifeval_prompts, which is 0 unless the run set it")
+    parser.add_argument("--ifeval-max-new-tokens", type=int, metavar="T",
+                        help="IFEval budget per response; default eval.ifeval_max_new_tokens")
     parser.add_argument("--worst", type=int, default=3, help="responses shown per set (3)")
     parser.add_argument("--no-base", action="store_true", help="skip the base model")
     parser.add_argument("--fail-on-violation", action="store_true",
@@ -211,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--worst {args.worst}: must be >= 0")
         if args.prompts_per_set is not None and args.prompts_per_set < 1:
             raise UsageError(f"--prompts-per-set {args.prompts_per_set}: must be >= 1")
+        _check_ifeval(0 if args.ifeval is None else args.ifeval,
+                      1 if args.ifeval_max_new_tokens is None else args.ifeval_max_new_tokens,
+                      "--ifeval", "--ifeval-max-new-tokens")
         ckpt, config, run_dir = locate(args.run_dir, args.checkpoint, args.config)
         names = [n.strip() for n in (args.constraints or "").split(",") if n.strip()]
         tmp_config = add_shipped_constraints(config, names)
@@ -225,6 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("prompts_per_set", "max_new_tokens", "confidence", "seed"):
             if getattr(args, key) is not None:
                 kwargs[key] = getattr(args, key)
+        for key, flag in (("ifeval_prompts", "ifeval"), ("ifeval_max_new_tokens",
+                                                         "ifeval_max_new_tokens")):
+            if getattr(args, flag) is not None:
+                kwargs[key] = getattr(args, flag)
+        _check_ifeval(kwargs.get("ifeval_prompts", 0), kwargs.get("ifeval_max_new_tokens", 1),
+                      "eval.ifeval_prompts", "eval.ifeval_max_new_tokens")
     except UsageError as err:
         return usage_error("pdalign-battery", err)
     finally:

@@ -13,6 +13,8 @@
   opener-judged rate. On the wanted side (refusal openers) it also bounds the sampled,
   phrase-judged answered rate, since the phrase detector judges an answer opening with any
   opener a refusal; on the bounded side it is a lower estimate of the over-refusal rate only. The sampled row stays the headline.
+- with ``eval.ifeval_prompts`` > 0, IFEval's prompt- and instruction-level accuracy, strict
+  and loose (`pdalign.evaluation.ifeval`): what the constraints cost in instruction following.
 
 Each value comes with a one-sided upper confidence bound at ``confidence`` (`pdalign.evaluation.bounds`;
 `cost_bound` picks which from what the constraint declares about its costs: ``cost_binary``,
@@ -54,6 +56,7 @@ from pdalign.evaluation.bounds import (
     wilson_interval,
 )
 from pdalign.evaluation.certificate import set_metrics
+from pdalign.evaluation.ifeval import DEFAULT_MAX_NEW_TOKENS, check_ifeval_args, ifeval_metrics
 from pdalign.policy.logprobs import SequenceLogps, sequence_logps
 from pdalign.policy.models import eval_mode
 from pdalign.policy.precision import autocast
@@ -209,7 +212,8 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
              max_new_tokens: int = 48, batch_size: int = 16, temperature: float = 1.0,
              top_p: float = 1.0, seed: int = 0, confidence: float = 0.95, ref_model=None,
              dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-             progress: bool = True, samples: dict | None = None) -> dict[str, float]:
+             progress: bool = True, samples: dict | None = None, ifeval_prompts: int = 0,
+             ifeval_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict[str, float]:
     """Held-out preference metrics and constraint values with one-sided upper bounds.
 
     The model runs in eval mode without gradients (its previous mode is restored); sampling is
@@ -242,9 +246,13 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
         samples: when a dict, filled with what the sampled rows were measured on:
             {(constraint, set): [{"prompt", "response", "cost"}, ...]} in prompt order (the
             safety battery prints the worst of them).
+        ifeval_prompts: IFEval prompts to score as well (`pdalign.evaluation.ifeval`, greedy,
+            its ``eval/ifeval/*`` keys); 0 (default) = off.
+        ifeval_max_new_tokens: IFEval's generation budget per response. Default 256.
     Returns a flat {metric key: float} dict (keys in the module docstring).
     """
     check_confidence(confidence)
+    check_ifeval_args(ifeval_prompts, ifeval_max_new_tokens, off_ok=True)
     if prompts_per_set < 1:
         raise ValueError(f"eval.prompts_per_set must be >= 1, got {prompts_per_set}")
     constraints = list(constraints.values() if isinstance(constraints, Mapping) else constraints)
@@ -305,6 +313,10 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
                         c.name, opener_set(set_name), value=float(exact.mean()),
                         upper=betting_mean_upper(exact.numpy(), confidence), bound="betting",
                         eps=float(c.epsilon), n=len(exact), heldout=heldout))
+        if ifeval_prompts:
+            result.update(ifeval_metrics(model, tokenizer, n=ifeval_prompts,
+                                         max_new_tokens=ifeval_max_new_tokens,
+                                         batch_size=batch_size, dtype=dtype))
     return result
 
 
@@ -314,7 +326,7 @@ def eval_kwargs(eval_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     cfg = OmegaConf.to_container(eval_cfg, resolve=True) if isinstance(eval_cfg, DictConfig) \
         else dict(eval_cfg or {})
     keys = ("prompts_per_set", "max_new_tokens", "batch_size", "temperature", "top_p", "seed",
-            "confidence")
+            "confidence", "ifeval_prompts", "ifeval_max_new_tokens")
     out = {k: cfg[k] for k in keys if cfg.get(k) is not None}
     out["sets"] = cfg.get("sets") or {}
     return out

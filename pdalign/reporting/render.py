@@ -7,8 +7,9 @@ import csv
 import io
 from typing import Any, Sequence
 
+from pdalign.evaluation.ifeval import ACCURACIES
 from pdalign.reporting.runs import Run, data_letters
-from pdalign.reporting.stats import eval_pairs, fmt, train_constraints
+from pdalign.reporting.stats import eval_pairs, fmt, ifeval_keys, train_constraints
 
 
 def _pm(row: dict[str, Any], key: str) -> str:
@@ -88,6 +89,16 @@ at the last step (mean over the run in brackets), mean over seeds.
 """
 
 
+# Added to the legend only when some run logged IFEval, so older reports are unchanged.
+IFEVAL_LEGEND = """\
+- *IFEval* (`eval/ifeval/*`, `pdalign.evaluation.ifeval`): instruction following at the last \
+eval step, greedy, on {n} of the 541 IFEval prompts (a fixed subset when fewer): *prompt* = \
+share of prompts whose every instruction passes, *instruction* = share of all instructions \
+passed; *strict* judges the response as it is, *loose* also its first or last line removed \
+and its asterisks dropped (Zhou et al. 2023).
+"""
+
+
 def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequence[str] = (),
                     window_frac: float = 0.2, paired: Sequence[dict[str, Any]] = ()) -> str:
     """The report's markdown: summary, drift, paired and dual tables, data, notes, legend.
@@ -100,8 +111,9 @@ def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequ
         paired: from `paired_comparison`; no section when empty.
     """
     pairs, constrained = eval_pairs(runs), train_constraints(runs)
+    ifeval = ifeval_keys(runs)
     md = ["# pdalign sweep report", ""]
-    header = ["method", "seeds", "pref. acc."]
+    header = ["method", "seeds", "pref. acc."] + [f"IFEval {ACCURACIES[k]}" for k in ifeval]
     header += [h for c, s in pairs for h in (f"{c}/{s} held-out (ε)", f"{c}/{s} pass")]
     header += ["wall time (s)", "λ health", "data"]
     lines = []
@@ -109,6 +121,7 @@ def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequ
         n = f"{row['n_seeds']}" + (f" (+{row['n_incomplete']} incomplete)"
                                    if row["n_incomplete"] else "")
         cells = [row["method"], n, _pm(row, "pref_accuracy")]
+        cells += [_pm(row, k.removeprefix("eval/")) for k in ifeval]
         for c, s in pairs:
             if not row[f"{c}/{s}/pass_n"]:
                 cells += ["–", "–"]
@@ -170,8 +183,11 @@ def render_markdown(rows: list[dict[str, Any]], runs: Sequence[Run], notes: Sequ
         md.append("")
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    sizes = sorted({n for row in rows for n in (row.get("ifeval/n_prompts") or "").split(";")
+                    if n}, key=float)
     md += ["## Legend", "", LEGEND.format(window=window_frac) + (SIGNAL_LEGEND if signalled
-                                                                 else "")]
+                                                                 else "")
+           + (IFEVAL_LEGEND.format(n=" or ".join(sizes) or "?") if ifeval else "")]
     return "\n".join(md)
 
 

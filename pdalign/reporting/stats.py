@@ -12,6 +12,7 @@ from scipy import stats as scipy_stats
 
 from pdalign.contract.manager import NO_SIGNAL_AFTER, no_spread
 from pdalign.evaluation.certificate import violation_drift
+from pdalign.evaluation.ifeval import ACCURACIES, N_PROMPTS
 from pdalign.reporting.runs import Run, data_letters
 from pdalign.runfiles.metrics import eval_key, parse_eval_key, set_order, signal_key
 
@@ -112,6 +113,13 @@ def eval_pairs(runs: Iterable[Run]) -> list[tuple[str, str]]:
                      if (parsed := parse_eval_key(k)) is not None and parsed[2] == "value")
 
 
+def ifeval_keys(runs: Iterable[Run]) -> list[str]:
+    """The IFEval accuracy keys (`pdalign.evaluation.ifeval.ACCURACIES`) any run logged, in
+    table order."""
+    runs = list(runs)
+    return [k for k in ACCURACIES if any(k in r.key_set for r in runs)]
+
+
 def train_constraints(runs: Iterable[Run]) -> list[str]:
     """Constraints with a multiplier (``lambda/<c>``) in any run, sorted."""
     return sorted({k.split("/", 1)[1] for r in runs for k in r.key_set if k.startswith("lambda/")})
@@ -138,7 +146,8 @@ def summarize(runs: Sequence[Run], window_frac: float = 0.2,
 
     Columns (constraint c, prompt set s; ``_mean``/``_std`` pairs are over seeds):
     ``method, n_seeds, n_incomplete, seeds, data, pref_accuracy_mean/_std,
-    wall_time_s_mean/_std``; per (c, s): ``c/s/value_mean/_std, c/s/upper_mean/_std, c/s/eps,
+    wall_time_s_mean/_std``; when any run logged IFEval, ``ifeval/<accuracy>_mean/_std`` for
+    its four accuracies and ``ifeval/n_prompts`` (the subset sizes, ";"-joined); per (c, s): ``c/s/value_mean/_std, c/s/upper_mean/_std, c/s/eps,
     c/s/pass_k, c/s/pass_n, c/s/violation_final_mean/_std, c/s/violation_max_mean/_std,
     c/s/violation_area_mean/_std``; per constrained c: ``c/lambda_final_mean/_std,
     c/lambda_max, c/health_pinned, c/health_rising, c/health_ok, c/health`` (worst flag); per
@@ -156,6 +165,7 @@ def summarize(runs: Sequence[Run], window_frac: float = 0.2,
     """
     pairs, constrained = eval_pairs(runs), train_constraints(runs)
     letters = data_letters(runs)
+    ifeval = ifeval_keys(runs)
     rows = []
     for label in sorted({r.label for r in runs}):
         group = [r for r in runs if r.label == label]
@@ -167,6 +177,11 @@ def summarize(runs: Sequence[Run], window_frac: float = 0.2,
             "seeds": ";".join(str(r.seed) for r in used), "data": ";".join(sorted(data)),
         }
         _put(row, "pref_accuracy", [r.final("eval/pref_accuracy") for r in used])
+        for key in ifeval:
+            _put(row, key.removeprefix("eval/"), [r.final(key) for r in used])
+        if ifeval:
+            sizes = {r.final(N_PROMPTS) for r in used} - {None}
+            row["ifeval/n_prompts"] = ";".join(f"{n:g}" for n in sorted(sizes))
         _put(row, "wall_time_s", [(r.summary or {}).get("wall_time_s") for r in used])
         for c, s in pairs:
             def final(field: str, r) -> float | None:

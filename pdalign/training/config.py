@@ -127,6 +127,8 @@ RANGES: dict[str, tuple] = {
     "eval.top_p": ("number", "(0, 1]", "nucleus mass; 1 = off"),
     "eval.seed": ("integer", None, "the evaluation's sampling seed"),
     "eval.confidence": ("number", "(0, 1)", "one-sided level of the upper bounds"),
+    "eval.ifeval_prompts": ("integer", "[0, 541]", "IFEval prompts scored at each eval; 0 = off"),
+    "eval.ifeval_max_new_tokens": ("integer", ">= 1", "IFEval generation budget in tokens"),
     "peft.r": ("integer", ">= 1", "LoRA rank"),
     "peft.lora_alpha": ("number", "> 0", "LoRA scale = lora_alpha / r"),
     "peft.lora_dropout": ("number", "[0, 1)", "dropout on the adapter input"),
