@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import pdalign.policy.logprobs as logprobs
 from pdalign.policy.logprobs import sequence_logps, token_logprobs
 from pdalign.policy.models import apply_peft, build_tiny
 
@@ -341,10 +342,13 @@ LONG_CHOSEN = [[20 + j for j in range(10)], [40 + j for j in range(8)], [60 + j 
 SHORT_REJECTED = [[80], [81, 82], [83]]
 
 
-def test_blocks_of_unequal_length_continue_at_their_own_widths_with_identical_results():
+def test_blocks_of_unequal_length_continue_at_their_own_widths_with_identical_results(
+        monkeypatch):
     """Chosen rows of up to 10 tokens and rejected rows of up to 2: the rejected block is fed
     at its own width (2 - 1 = 1 column after the prompt), not padded to 10, and log-probs,
-    reference, KL and gradients still equal the full log_softmax of every row."""
+    reference, KL and gradients still equal the full log_softmax of every row. (8 tokens saved
+    per row: below the price of a call, so the split is forced here to test its arithmetic.)"""
+    monkeypatch.setattr(logprobs, "SPLIT_CALL_TOKENS", 0)
     model = _lora(build_tiny(V, seed=3))
     ids, mask, labels = _pair_batch(PROMPTS, LONG_CHOSEN, SHORT_REJECTED)
     seen = []
@@ -360,6 +364,18 @@ def test_blocks_of_unequal_length_continue_at_their_own_widths_with_identical_re
     torch.testing.assert_close(out.ref_logps, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
     _assert_same_gradients(model, torch.tensor([1.0, -2.0, 3.0, 0.5, -1.0, 2.0]), out, logp, kl)
+
+
+def test_blocks_split_only_when_the_tokens_saved_pay_for_the_calls():
+    """The rule by hand (widths = each block's widest response, width = the widest of all):
+    DPO's 150- and 30-token answers save 120 tokens a row, more than 20% of 300 and more than
+    the 16 one more call costs: split. Five openers of 3, 3, 1, 2, 3 tokens save 3 of 15 (20%)
+    but not 4 x 16: one call. Five whole refusals of 13, 9, 10, 14, 7 save 17 < 64: one call.
+    Equal blocks save nothing."""
+    assert logprobs._split_blocks([150, 30], 150)
+    assert not logprobs._split_blocks([3, 3, 1, 2, 3], 3)
+    assert not logprobs._split_blocks([13, 9, 10, 14, 7], 14)
+    assert not logprobs._split_blocks([40, 40], 40) and not logprobs._split_blocks([9], 9)
 
 
 def test_shared_prompt_runs_the_prompt_once():
