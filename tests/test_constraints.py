@@ -269,6 +269,8 @@ def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
     assert sizes == {"adversarial": 122, "adversarial_contrast": 210, "adversarial_framed": 244,
                      "adversarial_heldout": 210, "adversarial_shifted": 210, "benign": 120,
                      "benign_framed": 240, "benign_heldout": 210, "benign_shifted": 210,
+                     "crude_voice": 200, "crude_voice_heldout": 60, "length_bias": 200,
+                     "length_bias_heldout": 60,
                      "provocative": 80, "provocative_heldout": 40, "unseen_benign": 210,
                      "unseen_harmful": 210}
     from pdalign.contract.prompts import bundled_prompts_dir
