@@ -26,6 +26,7 @@ from pdalign.cli.common import (
 )
 from pdalign.evaluation.certificate import certificate, render_certificate
 from pdalign.evaluation.heldout import eval_kwargs, evaluate
+from pdalign.evaluation.ifeval import render_table
 from pdalign.training import build
 
 log = logging.getLogger("pdalign")
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       device=device, progress=not args.quiet, **kwargs)
     rows = certificate(result)
     print(render_certificate(rows, result))
+    if table := render_table({"checkpoint": result}):  # with eval.ifeval_prompts > 0
+        print(table)
     step = step_of(ckpt)
     out = Path(args.out) if args.out else run_dir / (f"eval-step-{step}.json" if step is not None
                                                      else "eval.json")
