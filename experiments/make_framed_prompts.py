@@ -1,4 +1,5 @@
-"""Write the bundled framed training prompt sets: constraints/prompts/{adversarial,benign}_framed.jsonl.
+"""Write the bundled framed training prompt sets: constraints/prompts/{adversarial,benign}_framed.jsonl,
+and the mixed sets {adversarial,benign}_mixed.jsonl (framed rows, then the look-alike rows).
 
 Run from the repository root (deterministic):
 
@@ -19,7 +20,13 @@ tricks, instruction overrides) in wordings written here; ``adversarial_shifted``
 kinds in its own hand-written rows, none of which is a framing below around a training request.
 So with these sets ``adversarial_shifted`` measures carry-over to new wordings of known framing
 kinds, not to framing as such: say so when quoting it. The held-out sets are never read here.
-Cards: constraints/prompts/{adversarial,benign}_framed.md.
+
+The mixed sets add the hand-written look-alike training rows (``adversarial_lookalike`` /
+``benign_lookalike``: the same trigger words in harmful and in safe requests, row i of one the
+twin of row i of the other) after the framed rows, so one refusal bound and one over-refusal
+bound trained on them see both shifts at once: framings that do not change the answer, and
+trigger words that do not make a request harmful.
+Cards: constraints/prompts/{adversarial,benign}_{framed,mixed}.md.
 """
 
 from __future__ import annotations
@@ -80,8 +87,10 @@ def write(name: str, prompts: list[str]) -> None:
 
 
 def main() -> None:
-    write("adversarial_framed", framed_set(read("adversarial"), 0))
-    write("benign_framed", framed_set(read("benign"), BENIGN_OFFSET))
+    for side, offset in (("adversarial", 0), ("benign", BENIGN_OFFSET)):
+        framed = framed_set(read(side), offset)
+        write(f"{side}_framed", framed)
+        write(f"{side}_mixed", framed + read(f"{side}_lookalike"))
 
 
 if __name__ == "__main__":

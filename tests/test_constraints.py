@@ -267,8 +267,10 @@ def test_user_prompt_files_jsonl_and_csv(tmp_path):
 def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
     sizes = {name: len(load_prompts(name)) for name in bundled_prompt_sets()}
     assert sizes == {"adversarial": 122, "adversarial_contrast": 210, "adversarial_framed": 244,
-                     "adversarial_heldout": 210, "adversarial_shifted": 210, "benign": 120,
-                     "benign_framed": 240, "benign_heldout": 210, "benign_shifted": 210,
+                     "adversarial_heldout": 210, "adversarial_lookalike": 240,
+                     "adversarial_mixed": 484, "adversarial_shifted": 210, "benign": 120,
+                     "benign_framed": 240, "benign_heldout": 210, "benign_lookalike": 240,
+                     "benign_mixed": 480, "benign_shifted": 210,
                      "crude_voice": 200, "crude_voice_heldout": 60, "length_bias": 200,
                      "length_bias_heldout": 60,
                      "provocative": 80, "provocative_heldout": 40, "unseen_benign": 210,
@@ -280,6 +282,9 @@ def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
     # a framed set is its plain set, then each plain row once more inside a framing
     rows = {name: load_prompts(name) for name in sizes}
     for plain in ("adversarial", "benign"):
+        # a mixed set is the framed set, then the look-alike set
+        mixed = rows.pop(f"{plain}_mixed")
+        assert mixed == rows[f"{plain}_framed"] + rows[f"{plain}_lookalike"]
         framed = rows.pop(f"{plain}_framed")
         assert framed[:len(rows[plain])] == rows[plain]
         for request, wrapped in zip(rows[plain], framed[len(rows[plain]):]):

@@ -27,7 +27,8 @@ HELDOUT = {
     "benign_shifted": None,
     "adversarial_contrast": None,
 }
-TRAINING_SETS = ("adversarial", "benign", "adversarial_framed", "benign_framed", "provocative")
+TRAINING_SETS = ("adversarial", "benign", "adversarial_framed", "benign_framed", "provocative",
+                 "benign_lookalike", "adversarial_lookalike")
 MIN_ROWS = 200
 NGRAM = 8
 ORIGINAL = "4ba8afb"  # the commit whose held-out sets were grown
@@ -165,6 +166,23 @@ def test_grown_set_starts_with_its_original_rows(name, heldout):
 
 def test_benign_shifted_pairs_row_by_row_with_adversarial_contrast(heldout):
     assert len(heldout["benign_shifted"]) == len(heldout["adversarial_contrast"])
+
+
+# training look-alike sets: row i of one is the unsafe twin of row i of the other
+LOOKALIKE = ("benign_lookalike", "adversarial_lookalike")
+
+
+def test_lookalike_training_sets_pair_row_by_row_and_have_their_cards():
+    rows = {name: load_prompts(name) for name in LOOKALIKE}
+    assert len(rows["benign_lookalike"]) == len(rows["adversarial_lookalike"]) == 240
+    keys = {name: [normalize(p) for p in rows[name]] for name in LOOKALIKE}
+    for name in LOOKALIKE:
+        assert all(keys[name]) and len(set(keys[name])) == len(keys[name]), f"{name}: duplicates"
+        card = bundled_prompts_dir() / f"{name}.md"
+        assert card.is_file(), f"{name}.jsonl has no card {card.name}"
+        size = re.search(r"\*\*Size\.\*\*\s+(\d+) rows", card.read_text(encoding="utf-8"))
+        assert size and int(size.group(1)) == len(rows[name]), f"{card.name}: wrong row count"
+    assert not set(keys["benign_lookalike"]) & set(keys["adversarial_lookalike"])
 
 
 @pytest.mark.parametrize("name", list(HELDOUT))
