@@ -141,14 +141,16 @@ def test_shared_prompt_trains_opener_constraints_like_full_rows(tmp_path, monkey
     """The trainer passes an opener constraint's rows per prompt (J) to the shared forward:
     with train.share_prompt true and false the run is the same run (g, lambda, the opening's
     log-mass, equal to float rounding in fp32; step 2 reads step 1's update, so the surrogates'
-    gradients too)."""
+    gradients too). Only training steps are recorded: the held-out evaluation always shares
+    (pairs and the exact opener rows alike), whatever train.share_prompt says."""
     import pdalign.policy.logprobs
 
     groups = []
     original = pdalign.policy.logprobs._shared_prompt_states
 
     def recording(model, input_ids, attention_mask, labels, prompts, group=2):
-        groups.append(group)
+        if model.training:
+            groups.append(group)
         return original(model, input_ids, attention_mask, labels, prompts, group)
 
     monkeypatch.setattr(pdalign.policy.logprobs, "_shared_prompt_states", recording)

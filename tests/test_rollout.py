@@ -82,6 +82,49 @@ def test_same_seed_same_samples_and_caller_rng_untouched(tiny):
     assert not torch.equal(a.input_ids, c.input_ids)
 
 
+def test_bf16_sampling_holds_the_head_cast_once_and_samples_the_same(tiny, monkeypatch):
+    """Under bf16 autocast generate casts the frozen float32 LM head once per call instead of at
+    every decode step: the same tokens as with the per-step cast, and afterwards the model has
+    its own float32 head back, still tied to the input embedding."""
+    model, tok = tiny
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    weight = head.weight
+    assert weight is embed.weight and weight.dtype == torch.float32
+    weight.requires_grad_(False)  # frozen, as under a LoRA or QLoRA adapter
+    try:
+        _check_head_held_once(model, tok, weight, monkeypatch)
+    finally:
+        weight.requires_grad_(True)
+    assert model.get_output_embeddings().weight is weight is embed.weight
+
+
+def _check_head_held_once(model, tok, weight, monkeypatch):
+    import contextlib
+
+    import pdalign.policy.sampling as sampling
+    from pdalign.policy.precision import autocast
+
+    seen = []
+    original = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        if w.shape == weight.shape:
+            seen.append(w.dtype)
+        return original(x, w, b)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    with autocast(torch.bfloat16, "cpu"):
+        held = generate(model, tok, PROMPTS, seed=5, **GEN)
+        assert seen and set(seen) == {torch.bfloat16}  # the head arrives already in bf16
+        seen.clear()
+        monkeypatch.setattr(sampling, "_head_in_autocast_dtype",
+                            lambda m, d: contextlib.nullcontext())
+        per_step = generate(model, tok, PROMPTS, seed=5, **GEN)
+    assert set(seen) == {torch.float32}  # autocast casts it at each use
+    assert held.responses == per_step.responses and torch.equal(held.input_ids,
+                                                                per_step.input_ids)
+
+
 def test_generate_restores_the_model_mode(tiny):
     model, tok = tiny
     model.train()

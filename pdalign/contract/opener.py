@@ -153,23 +153,28 @@ class OpenerConstraint(Constraint):
                                   stats={"log_mass": float(log_p.detach().mean())})
 
     @torch.no_grad()
-    def prompt_values(self, model, tokenizer, prompts: Sequence[str], device) -> Tensor:
+    def prompt_values(self, model, tokenizer, prompts: Sequence[str], device,
+                      batch_size: int | None = None) -> Tensor:
         """Each prompt's exact share of g, (N,) float64 on CPU, in prompt order: 1 - P(x) on the
         wanted side, P(x) on the bounded side, teacher-forced like the training rows, in
-        micro-batches of ``batch_size`` prompts. Their mean is g on those prompts, the
-        opener-judged rate without sampling noise; the held-out ``<set>.opener`` rows bound it
-        (`pdalign.evaluation.bounds.betting_mean_upper`). The caller sets eval mode and
-        autocast."""
+        micro-batches of ``batch_size`` prompts (default the constraint's own): each prompt runs
+        through the decoder once and every opener continues from its cache, as in training
+        (`pdalign.policy.logprobs.sequence_logps` with ``group`` = the openers). Their mean is g
+        on those prompts, the opener-judged rate without sampling noise; the held-out
+        ``<set>.opener`` rows bound it (`pdalign.evaluation.bounds.betting_mean_upper`). The
+        caller sets eval mode and autocast."""
 
         if self.tokenizer is not tokenizer:
             self._tokenize_openers(tokenizer)
         ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+        step = int(batch_size or self.batch_size)
         out = []
-        for s in range(0, len(ids), self.batch_size):
-            chunk = ids[s:s + self.batch_size]
+        for s in range(0, len(ids), step):
+            chunk = ids[s:s + step]
             batch = self._opener_rows(chunk, device)
             logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"],
-                                   batch["labels"]).logps
+                                   batch["labels"], pairs=len(chunk),
+                                   group=self.rows_per_prompt).logps
             out.append(self._log_mass(logps, len(chunk)).exp().clamp(max=1.0).double().cpu())
         p = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
         return 1.0 - p if self.side == "wanted" else p

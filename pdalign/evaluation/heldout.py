@@ -308,7 +308,8 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
                                           upper=upper, bound=bound, eps=float(c.epsilon),
                                           n=len(rollout), heldout=heldout, wilson=wilson))
                 if isinstance(c, OpenerConstraint):
-                    exact = c.prompt_values(model, tokenizer, prompts[path], device)
+                    exact = c.prompt_values(model, tokenizer, prompts[path], device,
+                                             batch_size=batch_size)
                     result.update(set_metrics(
                         c.name, opener_set(set_name), value=float(exact.mean()),
                         upper=betting_mean_upper(exact.numpy(), confidence), bound="betting",
