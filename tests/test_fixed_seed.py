@@ -4,7 +4,8 @@ batch, opener and pair kinds, against values recorded by the code of an earlier 
 (``fixtures/tiny_runs.json``, its ``recorded_at``).
 
 The runs pin fp32 (algebra: the same numbers through the same steps) and take no samples during
-training, so the values are the same on every CPU kind up to float rounding (rel 1e-4, the
+training; of the held-out metrics only the deterministic ones are compared (preference, KL, and
+the opener constraint's exact ``.opener`` rows, teacher-forced), so the values are the same on every CPU kind up to float rounding (rel 1e-4, the
 conftest's fp32 tolerance); a sampled rollout would turn a last-bit difference into another
 token. Refactors and speed-ups must leave them unchanged; a change that means to change them
 re-records the file (``python tests/test_fixed_seed.py --record``) and says why in its commit.
@@ -29,12 +30,14 @@ REFERENCE = FIXTURES / "tiny_runs.json"
 RUNS = {
     "dpo": ["method=dpo"],
     "primal_dual": ["method=primal_dual",
-                    "constraints=[kl_budget,refusal_openers,over_refusal_pairs]", "dual.lr=2"],
+                    "constraints=[kl_budget,refusal_openers,over_refusal_openers,over_refusal_pairs]", "dual.lr=2"],
 }
 COMMON = ["train.steps=4", "eval.every=2", "seed=3", f"data.heldout={FIXTURES / 'pairs.jsonl'}",
           FP32]
 TRAIN_KEYS = ("loss", "loss/", "lambda", "g/", "rewards/", "logps/", "stat/")
-EVAL_KEYS = ("eval/pref_accuracy", "eval/reward_margin", "eval/n_pairs", "eval/kl_budget/")
+EVAL_KEYS = ("eval/pref_accuracy", "eval/reward_margin", "eval/n_pairs", "eval/kl_budget/",
+             "eval/refusal_openers/id.opener/", "eval/over_refusal_openers/id.opener/",
+             "eval/over_refusal_openers/shifted.opener/")
 
 
 def run_all(out: Path) -> dict:
