@@ -22,6 +22,7 @@ from pdalign.contract.manager import Rollout
 from pdalign.contract.rollout import RolloutConstraint
 from pdalign.data.features import build_dataset, collate
 from pdalign.evaluation.bounds import (
+    betting_mean_upper,
     bounded_mean_upper,
     clopper_pearson_upper,
     student_t_upper,
@@ -95,6 +96,23 @@ def test_bounded_mean_upper_by_hand():
             assert mean <= bounded_mean_upper(mean, n) <= hoeffding + 1e-12
     with pytest.raises(ValueError, match="outside the cost range"):
         bounded_mean_upper(2.0, 10)
+
+
+def test_bounded_costs_are_certified_by_the_betting_bound_in_their_range():
+    """A constraint declaring a cost range [low, high] (length: [0, B] tokens at a budget of B)
+    gets the betting bound of its costs rescaled to [0, 1], mapped back: valid for any law on the
+    range, and tighter than Chernoff-Hoeffding (which sees only the mean) when the costs vary
+    little; a cost outside the declared range is an error naming the constraint."""
+    length = Length(name="length", epsilon=40, prompts="benign")
+    assert length.cost_bounds(48) == (0.0, 48.0)
+    costs = torch.tensor([20.0, 22, 19, 21, 20, 23, 18, 20, 21, 22] * 4, dtype=torch.float64)
+    name, upper, wilson = ev.cost_bound(length, costs, 48, 0.95)
+    assert name == "betting" and wilson is None
+    assert upper == pytest.approx(48 * betting_mean_upper((costs / 48).numpy(), 0.95), rel=1e-12)
+    hoeffding = bounded_mean_upper(float(costs.mean()), 40, 0.95, 0.0, 48.0)
+    assert float(costs.mean()) < upper < hoeffding
+    with pytest.raises(ValueError, match="constraints.length: costs fall outside"):
+        ev.cost_bound(length, torch.tensor([10.0, 60.0], dtype=torch.float64), 48, 0.95)
 
 
 def test_student_t_upper_by_hand():
@@ -186,9 +204,9 @@ def test_evaluate_keys_bounds_shared_sets_and_determinism(policy, heldout, monke
         assert result[f"eval/{c}/id/bound/clopper_pearson"] == 1.0
         assert result[f"eval/{c}/id/lower_wilson"] <= result[f"eval/{c}/id/value"] \
             <= result[f"eval/{c}/id/upper_wilson"]
-    assert result["eval/length/id/bound/kl_hoeffding"] == 1.0
+    assert result["eval/length/id/bound/betting"] == 1.0
     assert result["eval/length/id/value"] <= FAST["max_new_tokens"]
-    assert result["eval/toxicity/id/bound/kl_hoeffding"] == 1.0
+    assert result["eval/toxicity/id/bound/betting"] == 1.0
     assert result["eval/kl_budget/id/bound/student_t"] == 1.0
     assert result["eval/kl_budget/id/exact"] == 0.0 and result["eval/kl_budget/id/n"] == 6
     assert result["eval/refusal/id/n"] == 3 and result["eval/n_pairs"] == 6

@@ -74,7 +74,7 @@ def test_a_new_constraint_file_and_yaml_train_with_nothing_else_changed(tmp_path
         lam = min(lam + r["g/digits"], 10.0)
         assert abs(r["lambda_next/digits"] - lam) < 1e-9
     assert evals and "eval/digits/id/value" in evals[-1]
-    assert evals[-1]["eval/digits/id/bound/kl_hoeffding"] == 1.0  # from the class's cost_range
+    assert evals[-1]["eval/digits/id/bound/betting"] == 1.0  # from the class's cost_range
     config = json.loads((run / "manifest.json").read_text())["config"]
     assert config["constraints"]["digits"]["_target_"] == "pdalign.constraints.digits.Digits"
     unit = subprocess.run(  # the report finds the unit through the run's _target_

@@ -31,7 +31,7 @@ class RolloutConstraint(Constraint):
 
     # What the held-out certificate (`pdalign.evaluation.heldout`) may assume about c(x, y); training
     # does not read these. Declared binary costs get the exact Clopper-Pearson bound, a declared
-    # range the finite-sample bounded-mean bound; a constraint declaring neither gets
+    # range the finite-sample betting bound on the costs rescaled to [0, 1]; a constraint declaring neither gets
     # Clopper-Pearson if every observed cost is 0 or 1, else an approximate Student-t bound.
     cost_binary: ClassVar[bool] = False  # True: every cost is 0 or 1 (the constraint is a rate)
     cost_range: ClassVar[tuple[float, float] | None] = None  # [low, high] of every cost, or None

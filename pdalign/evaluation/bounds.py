@@ -31,8 +31,9 @@ BOUNDS: dict[str, str] = {
                                 "observed cost was 0 or 1: exact if the cost is binary",
     "kl_hoeffding": "finite-sample bound on a mean of costs in [0, B], Chernoff-Hoeffding in "
                     "relative-entropy form (Hoeffding 1963, Thm 1)",
-    "betting": "finite-sample, variance-adaptive bound on a mean of exact per-prompt values in "
-               "[0, 1], by betting (Waudby-Smith & Ramdas 2023)",
+    "betting": "finite-sample, variance-adaptive bound on a mean of values in a known range "
+               "[0, B] (exact per-prompt values, or sampled costs such as toxicity scores and "
+               "lengths), by betting (Waudby-Smith & Ramdas 2023)",
     "student_t": "APPROXIMATE one-sided Student-t on per-sample (per-pair) values: no "
                  "finite-sample guarantee",
 }
