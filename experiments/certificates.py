@@ -61,7 +61,8 @@ def table(sweep: Path) -> str:
         if not record:
             continue
         step = record.get("step", "?")
-        lines += [f"## {run.name} (step {step})", "",
+        name = run.name if run.name not in ("", ".") else run.path.resolve().name
+        lines += [f"## {name} (step {step})", "",
                   "| constraint | set | n | value | upper | bound | ε | certificate |",
                   "|---|---|---:|---:|---:|---|---:|---|"]
         for (c, s), row in sorted(rows_of(record).items(), key=_set_key):
