@@ -156,6 +156,51 @@ def test_qlora_gradients_unchanged_by_an_eval_forward_without_grad():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16])
+def test_qlora_dequantized_once_gives_the_same_numbers_and_leaves_the_layers_as_they_were(
+        compute, monkeypatch):
+    """Inside `dequantized_4bit_once` a 4-bit model's forward without gradients computes with
+    each weight dequantized once, by bitsandbytes' own ops: the logits and the sampled tokens are
+    bit-identical to its per-call path, in fp32 and under bf16 autocast; on exit every layer has
+    its own forward back; a forward that needs gradients inside the block is refused."""
+    import contextlib
+
+    import bitsandbytes as bnb
+
+    import pdalign.policy.sampling as sampling
+    from pdalign.policy.precision import autocast
+
+    torch.manual_seed(0)
+    model, tok = load_model("tiny", tiny={"hidden_size": 64},
+                            quantization=models.bnb_4bit_config(compute))
+    model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                       quantized=True)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    ids = torch.randint(0, 1000, (3, 9))
+    model.eval()
+    with torch.no_grad(), autocast(compute, "cpu"):
+        per_call = model(input_ids=ids).logits
+        with models.dequantized_4bit_once(model) as n:
+            assert n == len(layers) > 0 and all("forward" in vars(m) for m in layers)
+            once = model(input_ids=ids).logits
+            with models.dequantized_4bit_once(model) as inner:  # re-entrant
+                assert inner == 0
+            assert all("forward" in vars(m) for m in layers)
+        assert torch.equal(once, per_call)
+    assert not any("forward" in vars(m) for m in layers)
+    gen = {"max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0, "batch_size": 2, "seed": 3}
+    with autocast(compute, "cpu"):  # generate dequantizes once by itself
+        once = sampling.generate(model, tok, ["hi", "What is 2 + 2?"], **gen)
+        monkeypatch.setattr(sampling, "dequantized_4bit_once",
+                            lambda m: contextlib.nullcontext(0))
+        per_call = sampling.generate(model, tok, ["hi", "What is 2 + 2?"], **gen)
+    assert once.responses == per_call.responses and torch.equal(once.input_ids,
+                                                                per_call.input_ids)
+    x = torch.randn(2, 64, requires_grad=True)
+    with models.dequantized_4bit_once(model), pytest.raises(RuntimeError, match="without grad"):
+        layers[0](x)
+
+
 def test_qlora_failure_names_peft_lora(monkeypatch):
     import bitsandbytes as bnb
 

@@ -57,7 +57,7 @@ from pdalign.evaluation.bounds import (
 from pdalign.evaluation.certificate import set_metrics
 from pdalign.evaluation.ifeval import DEFAULT_MAX_NEW_TOKENS, check_ifeval_args, ifeval_metrics
 from pdalign.policy.logprobs import SequenceLogps, sequence_logps
-from pdalign.policy.models import eval_mode
+from pdalign.policy.models import dequantized_4bit_once, eval_mode
 from pdalign.policy.precision import autocast
 from pdalign.policy.sampling import generate
 from pdalign.runfiles.metrics import OPENER_ROW, SET_ORDER, opener_set
@@ -282,7 +282,7 @@ def evaluate(model, tokenizer, constraints: Iterable[Constraint] | Mapping[str, 
                                   )[:prompts_per_set] for path, users in plan.items()}
 
     result: dict[str, float] = {"eval/confidence": float(confidence)}
-    with eval_mode(model, ref_model), autocast(dtype, device.type):
+    with eval_mode(model, ref_model), autocast(dtype, device.type), dequantized_4bit_once(model):
         if heldout_features and (objective is not None or batch_cs):
             result.update(_evaluate_pairs(
                 model, tokenizer, list(heldout_features), objective, batch_cs,

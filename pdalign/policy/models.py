@@ -289,6 +289,82 @@ def keep_4bit_layers_differentiable(model) -> int:
     return len(layers)
 
 
+def _dequantized_4bit_weight(module, dtype: torch.dtype) -> torch.Tensor:
+    """A 4-bit Linear's weight as bitsandbytes' no-grad CPU matmul dequantizes it at every call
+    (its default ``gemm_4bit``: the nested absmax first, then the codes, into ``dtype``)."""
+    state = module.weight.quant_state
+    absmax = state.absmax
+    if state.nested:
+        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
+            state.absmax, state.state2.absmax, state.state2.code, 256, torch.float32) + state.offset
+    return torch.ops.bitsandbytes.dequantize_4bit.default(
+        module.weight.data.view(-1, 1), absmax, state.blocksize, state.quant_type, state.shape,
+        dtype)
+
+
+@contextmanager
+def dequantized_4bit_once(model) -> Iterator[int]:
+    """Within the block, each 4-bit Linear of a CPU model computes with its weight dequantized
+    once, at entry, instead of at every forward; yields how many layers do.
+
+    Without gradients, bitsandbytes' CPU 4-bit matmul dequantizes the whole weight (codes and
+    nested scales) and then runs a dense matmul, at every call: every decode step of a rollout
+    and every forward of the held-out evaluation re-dequantizes all of a QLoRA model's layers.
+    Here that dequantization is done once, by the same ops into the same dtype, so the matmuls
+    see the same weights and give the same numbers. For no-gradient work only (sampling,
+    evaluation): a forward that needs gradients raises. Costs one dense copy of the quantized
+    layers in the compute dtype while the block runs (~0.2 GB for SmolLM2-135M in bf16); on a
+    GPU (bitsandbytes' own fused kernels) and for models without 4-bit layers it does nothing.
+    """
+    try:
+        import bitsandbytes as bnb  # 4-bit only; heavy, and may not load on every machine
+    except ImportError:
+        yield 0
+        return
+    if is_sharded(model):  # FSDP2 gathers the codes per forward: keep its own path
+        yield 0
+        return
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)
+              and m.weight.device.type == "cpu"
+              and not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+              and "forward" not in vars(m)]  # re-entrant: an enclosing block's layers stay
+    for m in layers:
+        m.forward = _DenseForward(m)
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            del m.forward
+
+
+class _DenseForward:
+    """`bitsandbytes.nn.Linear4bit.forward` without gradients, on a weight dequantized once."""
+
+    def __init__(self, module):
+        self.module = module
+        self.weights: dict[torch.dtype, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("dequantized_4bit_once is for forwards without gradients")
+        if not m.compute_type_is_set:
+            m.set_compute_type(x)
+            m.compute_type_is_set = True
+        inp_dtype = x.dtype
+        if m.compute_dtype is not None:
+            x = x.to(m.compute_dtype)
+        weight = self.weights.get(x.dtype)
+        if weight is None:
+            weight = self.weights[x.dtype] = _dequantized_4bit_weight(m, x.dtype)
+        bias = m.bias
+        if bias is not None:
+            if bias.dtype != x.dtype:
+                bias.data = bias.data.to(x.dtype)
+            bias = bias.to(m.compute_dtype)
+        return torch.nn.functional.linear(x, weight, bias).to(inp_dtype)
+
+
 def dequantized_state_dict(quantized, plain) -> dict[str, torch.Tensor]:
     """``plain``'s state dict filled from a bitsandbytes 4-bit model of the same architecture:
     each 4-bit Linear's weight dequantized from its codes and quantization state (what its

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from pdalign.policy.models import eval_mode, is_sharded
+from pdalign.policy.models import dequantized_4bit_once, eval_mode, is_sharded
 
 Tensor = torch.Tensor
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -129,7 +129,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempe
     synced = is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
     responses: list[list[int]] = []
     starts = range(0, len(prompts), batch_size)
-    with eval_mode(model), _seeded(seed, device), _head_in_autocast_dtype(model, device):
+    with eval_mode(model), _seeded(seed, device), _head_in_autocast_dtype(model, device), \
+            dequantized_4bit_once(model):
         for start in tqdm(starts, desc="rollout", leave=False, disable=len(starts) <= 2):
             batch = prompt_ids[start:start + batch_size]
             width = max(len(p) for p in batch)
