@@ -64,6 +64,18 @@ def test_the_95_percent_betting_bound_covers_the_mean_and_a_30_percent_tighter_o
     assert _coverage(uniform, 0.5, tighten=0.7) < 0.94
 
 
+def test_the_bound_covers_the_mean_when_the_values_come_sorted():
+    """A held-out file grouped by category lists low and high values in runs. Each of 1,000
+    draws is passed sorted ascending, the worst such order: the bound reads the values in its
+    own fixed shuffle, so coverage stays >= 94% (read in the given order, the gambler wins far
+    below the mean on the early low run: coverage 0.0 before the shuffle)."""
+    rng = np.random.default_rng(20261207)
+    mean = 0.85 * 0.5 / 40.5 + 0.15 * 0.5
+    draws = _opener_like(rng, (DRAWS, N))
+    assert _coverage(np.sort(draws, axis=1), mean) >= 0.94
+    assert betting_mean_upper(np.sort(draws[0])) > draws[0].mean()
+
+
 def test_exact_values_certify_far_tighter_than_one_sample_per_prompt():
     """Prompts whose probability varies little (Beta(2, 18), mean 0.1): the betting bound on the
     exact values sits less than 0.6 of the Clopper-Pearson margin above the mean, CP being
