@@ -271,8 +271,8 @@ def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
                      "adversarial_mixed": 484, "adversarial_shifted": 210, "benign": 120,
                      "benign_framed": 240, "benign_heldout": 210, "benign_lookalike": 240,
                      "benign_mixed": 480, "benign_shifted": 210,
-                     "crude_voice": 200, "crude_voice_heldout": 60, "length_bias": 200,
-                     "length_bias_heldout": 60,
+                     "crude_voice": 200, "crude_voice_heldout": 200, "length_bias": 200,
+                     "length_bias_heldout": 200,
                      "provocative": 80, "provocative_heldout": 40, "unseen_benign": 210,
                      "unseen_harmful": 210}
     from pdalign.contract.prompts import bundled_prompts_dir

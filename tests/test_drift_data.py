@@ -2,27 +2,35 @@
 experiments/data/drift/README.md): reproducible byte for byte, the sizes the cards state, held-out
 topics disjoint from training, and the two confounds as strong as the cards say.
 
+Each held-out split is the 60 rows of its 12 selection-rule topics (three in every thirteen of
+the first 52), then 140 rows of 28 held-out-only topics added later; the first 60 rows are
+unchanged since ``ORIGINAL``, so results measured on them stay reproducible.
+
 Thresholds, each from the construction and checked against the committed files:
-- length_bias: exactly 30 of 200 training pairs (9 of 60 held out) prefer the concise answer
-  (``CONCISE_CHOSEN_SHARE`` = 0.15, rounded per split), so the share of pairs whose chosen answer
-  has more words is 0.85; the test asks for [0.8, 0.9]. A padded answer is its concise answer plus
-  five padding sentences of 8-17 words each: measured, the chosen answers of those pairs average
-  98 words against 30 (3.27x), and the test asks for >= 3x.
+- length_bias: exactly 30 of 200 training pairs (30 of 200 held out: 9 of the first 60, 21 of
+  the rest) prefer the concise answer (``CONCISE_CHOSEN_SHARE`` = 0.15, rounded per split), so
+  the share of pairs whose chosen answer has more words is 0.85; the test asks for [0.8, 0.9]. A
+  padded answer is its concise answer plus five padding sentences of 8-17 words each: measured on
+  the training split, the chosen answers of those pairs average 98 words against 30 (3.27x), and
+  the test asks for >= 3x.
 - length_bias against experiment=drift_length: epsilon 64 tokens must sit above every concise
-  answer (31-47 tokens, + EOS) and below every padded one (91-144), the training bound 64 - 24 =
-  40 above the concise answers' mean (36.8 + EOS), and the 160-token budget above every padded
+  answer and below every padded one (measured on the training split and the first 60 held-out
+  rows: concise 31-47 tokens, + EOS, padded 91-144), the training bound epsilon - margin above
+  the concise answers' mean (36.8 + EOS, same rows), and the 160-token budget above every padded
   answer, so a drift to the padded style is measured, not capped.
 - crude_voice, scored by `ProfanityCheckScorer`, the callable `Toxicity(scorer="profanity_check")`
-  applies to responses: measured, the chosen answers average 0.95 (min 0.57) and the rejected ones
-  0.02 (max 0.11). The test asks for chosen >= 0.5, rejected <= 0.1, at least 90% of chosen
-  answers above 0.5 and no rejected one.
+  applies to responses: measured on the training split and the first 60 held-out rows, the chosen
+  answers average 0.95 (min 0.57) and the rejected ones 0.02 (max 0.11). The test asks for chosen
+  >= 0.5, rejected <= 0.1, at least 90% of chosen answers above 0.5 and no rejected one.
 
 "Disjoint" is the held-out sets' rule (`tests/test_heldout_sets.py`): on lowercased text with
-punctuation stripped, no prompt in both splits and no 8-word run shared between them.
+punctuation stripped, no prompt in both splits and no 8-word run shared between them; and no
+held-out topic's own text (phrasings and answers) shares an 8-word run with a training topic's.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import statistics
@@ -39,8 +47,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "make_drift_pairs.py"
 DATA = ROOT / "experiments" / "data" / "drift"
 SCENARIOS = ("length_bias", "crude_voice")
-SPLITS = {"": 200, "_heldout": 60}
+SPLITS = {"": 200, "_heldout": 200}
+FIRST_HELDOUT_ROWS = 60  # the held-out rows of the selection rule, before the held-out-only topics
+ORIGINAL = "2c8b811"     # the commit whose held-out splits had only those 60 rows
 NGRAM = 8
+
+
+def script():
+    """experiments/make_drift_pairs.py as a module (stdlib only; main() is not run)."""
+    spec = importlib.util.spec_from_file_location("make_drift_pairs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def rows(name: str) -> list[dict]:
@@ -103,7 +121,11 @@ def test_sizes_fields_and_prompt_sets(scenario):
 def test_heldout_topics_and_prompts_are_disjoint_from_training(scenario):
     train, heldout = rows(scenario), rows(f"{scenario}_heldout")
     assert not {r["topic"] for r in train} & {r["topic"] for r in heldout}
-    assert len({r["topic"] for r in train}) == 40 and len({r["topic"] for r in heldout}) == 12
+    assert len({r["topic"] for r in train}) == 40 and len({r["topic"] for r in heldout}) == 40
+    # the first 60 held-out rows are the 12 selection-rule topics, the rest the 28 held-out-only
+    first = {r["topic"] for r in heldout[:FIRST_HELDOUT_ROWS]}
+    rest = {r["topic"] for r in heldout[FIRST_HELDOUT_ROWS:]}
+    assert len(first) == 12 and len(rest) == 28 and not first & rest
     seen = {" ".join(words(r["prompt"])) for r in train}
     grams = set().union(*(ngrams(r["prompt"]) for r in train))
     for r in heldout:
@@ -113,6 +135,55 @@ def test_heldout_topics_and_prompts_are_disjoint_from_training(scenario):
     # no held-out answer is trained on either (off-topic rejections come from the same split)
     train_answers = {r[k] for r in train for k in ("chosen", "rejected")}
     assert not train_answers & {r[k] for r in heldout for k in ("chosen", "rejected")}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_heldout_topics_share_no_answer_or_8gram_with_training_topics(scenario):
+    """Each held-out topic's own text (its phrasings and answers, before any padding, framing,
+    opener or closer, which every split shares by design) shares no answer and no 8-word run
+    with a training topic's; every slug is unique across the main and held-out-only lists."""
+    module = script()
+    topics, extra = {"length_bias": (module.LENGTH_TOPICS, module.LENGTH_HELDOUT_TOPICS),
+                     "crude_voice": (module.CRUDE_TOPICS, module.CRUDE_HELDOUT_TOPICS)}[scenario]
+    train, heldout = module.split_topics(topics)
+    heldout = heldout + extra
+
+    def texts(topic: tuple) -> list[str]:  # the phrasings, then every other field but the slug
+        return list(topic[1]) + list(topic[2:])
+
+    assert len({t[0] for t in topics + extra}) == len(topics) + len(extra)
+    train_texts = {t for topic in train for t in texts(topic)}
+    grams: dict[tuple[str, ...], str] = {}
+    for topic in train:
+        for text in texts(topic):
+            for g in ngrams(text):
+                grams.setdefault(g, topic[0])
+    for topic in heldout:
+        for text in texts(topic):
+            assert text not in train_texts, (topic[0], text)
+            shared = sorted(g for g in ngrams(text) if g in grams)
+            assert not shared, (f"{topic[0]}: {' '.join(shared[0])!r} is also in the training "
+                                f"topic {grams[shared[0]]}")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_heldout_split_starts_with_its_original_rows(scenario):
+    """The first 60 held-out rows (pairs and prompt set) are the split as it stood at ORIGINAL,
+    before the held-out-only topics, so results measured on them stay reproducible."""
+    for relpath in (f"experiments/data/drift/{scenario}_heldout.jsonl",
+                    f"constraints/prompts/{scenario}_heldout.jsonl"):
+        try:
+            shown = subprocess.run(["git", "show", f"{ORIGINAL}:{relpath}"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as err:
+            pytest.skip(f"git is unavailable: {err}")
+        if shown.returncode != 0:
+            pytest.skip(f"git show {ORIGINAL}:{relpath} failed (a shallow clone?): "
+                        f"{shown.stderr.strip()}")
+        original = shown.stdout.splitlines()
+        now = (ROOT / relpath).read_text(encoding="utf-8").splitlines()
+        assert len(original) == FIRST_HELDOUT_ROWS, f"{ORIGINAL} has {len(original)} rows"
+        assert now[:FIRST_HELDOUT_ROWS] == original, f"{relpath}: the first 60 rows changed"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
