@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,16 @@ def script_json(script: Path, timeout: float) -> dict:
                           text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def git_show_or_skip(root: Path, rev: str, relpath: str) -> str:
+    """``git show rev:relpath`` in the checkout at ``root``; skips the test where git or the
+    revision is missing (no git, a shallow clone)."""
+    try:
+        shown = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=root,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as err:
+        pytest.skip(f"git is unavailable: {err}")
+    if shown.returncode != 0:
+        pytest.skip(f"git show {rev}:{relpath} failed (a shallow clone?): {shown.stderr.strip()}")
+    return shown.stdout

@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 
 from pdalign.contract.prompts import bundled_prompt_sets, bundled_prompts_dir, load_prompts
-from tests.conftest import compose
+from tests.conftest import compose, git_show_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "make_drift_pairs.py"
@@ -172,15 +172,7 @@ def test_heldout_split_starts_with_its_original_rows(scenario):
     before the held-out-only topics, so results measured on them stay reproducible."""
     for relpath in (f"experiments/data/drift/{scenario}_heldout.jsonl",
                     f"constraints/prompts/{scenario}_heldout.jsonl"):
-        try:
-            shown = subprocess.run(["git", "show", f"{ORIGINAL}:{relpath}"], cwd=ROOT,
-                                   capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError) as err:
-            pytest.skip(f"git is unavailable: {err}")
-        if shown.returncode != 0:
-            pytest.skip(f"git show {ORIGINAL}:{relpath} failed (a shallow clone?): "
-                        f"{shown.stderr.strip()}")
-        original = shown.stdout.splitlines()
+        original = git_show_or_skip(ROOT, ORIGINAL, relpath).splitlines()
         now = (ROOT / relpath).read_text(encoding="utf-8").splitlines()
         assert len(original) == FIRST_HELDOUT_ROWS, f"{ORIGINAL} has {len(original)} rows"
         assert now[:FIRST_HELDOUT_ROWS] == original, f"{relpath}: the first 60 rows changed"

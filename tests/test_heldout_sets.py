@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from pdalign.contract.prompts import bundled_prompts_dir, load_prompts
+from tests.conftest import git_show_or_skip
 
 # held-out set -> rows it had before it was grown (None: new set, written whole for pdalign)
 HELDOUT = {
@@ -150,15 +150,8 @@ def test_grown_set_starts_with_its_original_rows(name, heldout):
     relpath = f"constraints/prompts/{name}.jsonl"
     if (bundled_prompts_dir() / f"{name}.jsonl").resolve() != (REPO / relpath).resolve():
         pytest.skip("the bundled prompt sets are not this checkout's")
-    try:
-        shown = subprocess.run(["git", "show", f"{ORIGINAL}:{relpath}"], cwd=REPO,
-                               capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as err:
-        pytest.skip(f"git is unavailable: {err}")
-    if shown.returncode != 0:
-        pytest.skip(f"git show {ORIGINAL}:{relpath} failed (a shallow clone?): "
-                    f"{shown.stderr.strip()}")
-    original = [json.loads(line)["prompt"] for line in shown.stdout.splitlines() if line.strip()]
+    original = [json.loads(line)["prompt"]
+                for line in git_show_or_skip(REPO, ORIGINAL, relpath).splitlines() if line.strip()]
     assert len(original) == count, f"{ORIGINAL} has {len(original)} rows of {name}"
     assert heldout[name][:count] == original[:count], (
         f"{name}: the first {count} rows must stay the original rows, unchanged and in order")
