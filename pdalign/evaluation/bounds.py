@@ -165,8 +165,8 @@ def betting_mean_upper(values, confidence: float = 0.95, cap: float = BET_CAP) -
     must not depend on the values: a prompt file grouped by category (refused kinds first,
     answered kinds last) lets the gambler win below the mean on the early run. The values are
     therefore taken in a pseudo-random order fixed by n alone (`ORDER_SEED`), which makes any
-    listing of an i.i.d. sample exchangeable and the bound repeatable. Its margin falls with the spread of
-    the X_i, down to about ln(1/delta) / (cap n) (0.016 at n = 210, 95 %) for values that barely
+    listing of an i.i.d. sample exchangeable and the bound repeatable. Its margin falls with the
+    spread of the X_i, down to about ln(1/delta) / (cap n) (0.016 at n = 210, 95 %) for values that barely
     vary, where Clopper-Pearson on one 0/1 sample per prompt pays the Bernoulli variance.
 
     Args:
