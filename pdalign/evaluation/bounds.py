@@ -166,8 +166,8 @@ def betting_mean_upper(values, confidence: float = 0.95, cap: float = BET_CAP) -
     answered kinds last) lets the gambler win below the mean on the early run. The values are
     therefore taken in a pseudo-random order fixed by n alone (`ORDER_SEED`), which makes any
     listing of an i.i.d. sample exchangeable and the bound repeatable. Its margin falls with the
-    spread of the X_i, down to about ln(1/delta) / (cap n) (0.016 at n = 210, 95 %) for values that barely
-    vary, where Clopper-Pearson on one 0/1 sample per prompt pays the Bernoulli variance.
+    spread of the X_i, down to about ln(1/delta) / (cap n) (0.016 at n = 210, 95 %) for values
+    that barely vary, where Clopper-Pearson on one 0/1 sample per prompt pays the Bernoulli variance.
 
     Args:
         values: the n values X_i, each in [0, 1]; n = 0 gives 1.
