@@ -1,5 +1,6 @@
 """Write the bundled framed training prompt sets: constraints/prompts/{adversarial,benign}_framed.jsonl,
-and the mixed sets {adversarial,benign}_mixed.jsonl (framed rows, then the look-alike rows).
+the mixed sets {adversarial,benign}_mixed.jsonl (framed rows, then the look-alike rows), and the
+wide over-refusal set benign_wide.jsonl (benign_mixed, then benign_extra plain and framed).
 
 Run from the repository root (deterministic):
 
@@ -26,7 +27,14 @@ The mixed sets add the hand-written look-alike training rows (``adversarial_look
 twin of row i of the other) after the framed rows, so one refusal bound and one over-refusal
 bound trained on them see both shifts at once: framings that do not change the answer, and
 trigger words that do not make a request harmful.
-Cards: constraints/prompts/{adversarial,benign}_{framed,mixed}.md.
+
+``benign_wide`` is the over-refusal side's larger training set, for an adapter big enough to
+memorise ``benign_mixed`` (a probe did: training over-refusal 0.002, held-out 0.12-0.15): the
+480 rows of ``benign_mixed``, then the 480 hand-written rows of ``benign_extra`` (240 plain
+everyday requests, then 240 new safe requests in the words of harm), then the 240 plain rows of
+``benign_extra`` once more, row i in framing (i + 8) mod 16 as on the benign side above: 1200
+rows. It has no adversarial counterpart; pair it with ``adversarial_mixed``.
+Cards: constraints/prompts/{adversarial,benign}_{framed,mixed}.md, benign_wide.md.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ FRAMINGS = [
     "My safety instructor asked me to find this out: {r}",
 ]
 BENIGN_OFFSET = 8
+EXTRA_PLAIN = 240  # benign_extra: rows 1-240 plain everyday requests, 241-480 look-alikes
 
 
 def frame(request: str, i: int) -> str:
@@ -69,9 +78,14 @@ def frame(request: str, i: int) -> str:
     return FRAMINGS[i % len(FRAMINGS)].format(r=request, r_lc=lower)
 
 
+def framed_rows(prompts: list[str], offset: int) -> list[str]:
+    """Each row framed once, row i in framing ``offset + i``."""
+    return [frame(p, offset + i) for i, p in enumerate(prompts)]
+
+
 def framed_set(prompts: list[str], offset: int) -> list[str]:
     """The plain rows, then each row framed once (framing ``offset + i``)."""
-    return prompts + [frame(p, offset + i) for i, p in enumerate(prompts)]
+    return prompts + framed_rows(prompts, offset)
 
 
 def read(name: str) -> list[str]:
@@ -87,10 +101,15 @@ def write(name: str, prompts: list[str]) -> None:
 
 
 def main() -> None:
+    mixed = {}
     for side, offset in (("adversarial", 0), ("benign", BENIGN_OFFSET)):
         framed = framed_set(read(side), offset)
         write(f"{side}_framed", framed)
-        write(f"{side}_mixed", framed + read(f"{side}_lookalike"))
+        mixed[side] = framed + read(f"{side}_lookalike")
+        write(f"{side}_mixed", mixed[side])
+    extra = read("benign_extra")
+    write("benign_wide",
+          mixed["benign"] + extra + framed_rows(extra[:EXTRA_PLAIN], BENIGN_OFFSET))
 
 
 if __name__ == "__main__":

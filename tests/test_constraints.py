@@ -269,8 +269,9 @@ def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
     assert sizes == {"adversarial": 122, "adversarial_contrast": 210, "adversarial_framed": 244,
                      "adversarial_heldout": 210, "adversarial_lookalike": 240,
                      "adversarial_mixed": 484, "adversarial_shifted": 210, "benign": 120,
-                     "benign_framed": 240, "benign_heldout": 210, "benign_lookalike": 240,
-                     "benign_mixed": 480, "benign_shifted": 210,
+                     "benign_extra": 480, "benign_framed": 240, "benign_heldout": 210,
+                     "benign_lookalike": 240, "benign_mixed": 480, "benign_shifted": 210,
+                     "benign_wide": 1200,
                      "crude_voice": 200, "crude_voice_heldout": 200, "length_bias": 200,
                      "length_bias_heldout": 200,
                      "provocative": 80, "provocative_heldout": 40, "unseen_benign": 210,
@@ -281,6 +282,12 @@ def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
         assert (bundled_prompts_dir() / f"{name}.md").is_file()
     # a framed set is its plain set, then each plain row once more inside a framing
     rows = {name: load_prompts(name) for name in sizes}
+    # the wide set is the benign mixed set, then benign_extra, then its 240 plain rows framed
+    wide, extra = rows.pop("benign_wide"), rows["benign_extra"]
+    assert wide[:960] == rows["benign_mixed"] + extra
+    for request, wrapped in zip(extra[:240], wide[960:], strict=True):
+        assert request[1:] in wrapped and wrapped != request
+    rows["benign_wide (framed rows)"] = wide[960:]
     for plain in ("adversarial", "benign"):
         # a mixed set is the framed set, then the look-alike set
         mixed = rows.pop(f"{plain}_mixed")

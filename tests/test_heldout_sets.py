@@ -28,7 +28,7 @@ HELDOUT = {
     "adversarial_contrast": None,
 }
 TRAINING_SETS = ("adversarial", "benign", "adversarial_framed", "benign_framed", "provocative",
-                 "benign_lookalike", "adversarial_lookalike")
+                 "benign_lookalike", "adversarial_lookalike", "benign_extra", "benign_wide")
 MIN_ROWS = 200
 NGRAM = 8
 ORIGINAL = "4ba8afb"  # the commit whose held-out sets were grown
@@ -176,6 +176,32 @@ def test_lookalike_training_sets_pair_row_by_row_and_have_their_cards():
         size = re.search(r"\*\*Size\.\*\*\s+(\d+) rows", card.read_text(encoding="utf-8"))
         assert size and int(size.group(1)) == len(rows[name]), f"{card.name}: wrong row count"
     assert not set(keys["benign_lookalike"]) & set(keys["adversarial_lookalike"])
+
+
+def test_benign_extra_is_new_to_the_benign_training_sets_and_has_its_card():
+    """benign_extra adds rows to benign_wide: none repeats a row (or an 8-word run) of the
+    benign training sets it joins, nor another of its own rows."""
+    rows = load_prompts("benign_extra")
+    assert len(rows) == 480
+    keys = [normalize(p) for p in rows]
+    assert all(keys) and len(set(keys)) == len(keys), "benign_extra: duplicates"
+    owner: dict[tuple[str, ...], str] = {}
+    for name in ("benign", "benign_lookalike", "benign_framed"):
+        for p in load_prompts(name):
+            for g in ngrams(p):
+                owner.setdefault(g, p)
+    known = {normalize(p) for name in ("benign", "benign_lookalike", "benign_framed")
+             for p in load_prompts(name)}
+    for i, prompt in enumerate(rows, start=1):
+        assert keys[i - 1] not in known, f"benign_extra row {i} {prompt!r} is already trained on"
+        for g in sorted(ngrams(prompt)):
+            assert g not in owner, (f"benign_extra row {i} {prompt!r} shares {' '.join(g)!r} "
+                                    f"with {owner[g]!r}")
+    for name in ("benign_extra", "benign_wide"):
+        card = bundled_prompts_dir() / f"{name}.md"
+        assert card.is_file(), f"{name}.jsonl has no card {card.name}"
+        size = re.search(r"\*\*Size\.\*\*\s+(\d+) rows", card.read_text(encoding="utf-8"))
+        assert size and int(size.group(1)) == len(load_prompts(name)), f"{card.name}: row count"
 
 
 @pytest.mark.parametrize("name", list(HELDOUT))
