@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pdalign.contract.prompts import load_prompts
+from pdalign.evaluation.ifeval import INSTRUCTION_STRICT, PROMPT_STRICT
 from pdalign.reporting.runs import collect_runs
 from pdalign.runfiles.atomic import write_text
 from pdalign.runfiles.metrics import eval_key
@@ -385,6 +387,288 @@ def iterative_values(run: Path) -> dict[str, str]:
                for k, v in zip(("start", "final"), over.values())}}
 
 
+# ---- the certified study (Section 4): experiments/results/study/ ------------------------------
+
+# (constraint, held-out set) rows of the study's per-run table, in reading order
+STUDY_SETS = (("refusal_openers", "id"), ("refusal_openers", "shifted"),
+              ("refusal_openers", "unseen"), ("over_refusal_openers", "id"),
+              ("over_refusal_openers", "shifted"), ("over_refusal_openers", "unseen"),
+              ("kl_budget", "id"))
+# the certificates the primal-dual methods must pass in >= 2 of 3 seeds (issue "Certificates
+# that pass"); the unseen sets are reported, not targets
+STUDY_TARGETS = tuple(cs for cs in STUDY_SETS if cs[1] != "unseen")
+STUDY_TARGET_SHARE = 2 / 3
+PD_METHODS = tuple(m for m, _ in PAIRS)
+STUDY_ACC_GAP = 0.10  # held-out preference accuracy within this of the base objective
+# One-seed probes of the study's recipe (the frontier table): (label, run dir under results/)
+PROBES = (("framed96", "opener_probe/framed96"), ("lmax25", "opener_probe/lmax25"),
+          ("mixed96", "opener_probe/mixed96"), ("refcap25", "opener_probe/refcap25"),
+          ("mlp", "opener_probe/mlp"), ("the study's recipe, seed 0",
+                                        "study/0-primal_dual-dpo-seed0"))
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def study_runs(sweep: Path) -> dict[tuple[str, int], object]:
+    """{(method label, seed): run} of the study's finished runs."""
+    return {(r.label, r.seed): r for r in collect_runs(sweep) if r.complete}
+
+
+def _cert(run, constraint: str, prompt_set: str) -> tuple[float, float, bool]:
+    """(value, one-sided upper bound, passes) of one held-out certificate at the last eval."""
+    value, upper, ok = (run.final(eval_key(constraint, prompt_set, f))
+                        for f in ("value", "upper", "pass"))
+    return value, upper, ok == 1.0
+
+
+def _cell(run, constraint: str, prompt_set: str) -> str:
+    value, upper, ok = _cert(run, constraint, prompt_set)
+    return f"{value:.3f} ({upper:.3f})" + (" **P**" if ok else "")
+
+
+def _passes(runs: dict, method: str, constraint: str, prompt_set: str) -> tuple[int, int]:
+    mine = [r for (m, _), r in runs.items() if m == method]
+    return sum(_cert(r, constraint, prompt_set)[2] for r in mine), len(mine)
+
+
+def _span(xs: list[float], digits: int = 3) -> str:
+    """'lo–hi' over seeds (one number when they agree at the printed digits)."""
+    lo, hi = f"{min(xs):.{digits}f}", f"{max(xs):.{digits}f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def study_setup_values(sweep: Path) -> dict[str, str]:
+    """The study's recipe, read from its first run's resolved config, manifest and log."""
+    runs = study_runs(sweep)
+    first = runs[min(runs, key=lambda k: (k[1], METHOD_ORDER.index(k[0])))]
+    cfg, manifest = first.config, first.manifest or {}
+    peft, train, ev, dual = cfg["peft"], cfg["train"], cfg["eval"], cfg["dual"]
+    n_train = re.search(r"data: (\d+) train", (first.path / "train.log").read_text()).group(1)
+    ref, over, kl = (cfg["constraints"][c] for c in
+                     ("refusal_openers", "over_refusal_openers", "kl_budget"))
+    hw = manifest["hardware"]
+    seeds = sorted({seed for _, seed in runs})
+    out = {"st_model": cfg["model"]["name_or_path"].removeprefix("embedded:"),
+           "st_quant": f"{peft['quant_type']}{' with double quantization' if peft['double_quant'] else ''}",
+           "st_optimizer": peft["optimizer"], "st_lora_r": str(peft["r"]),
+           "st_lora_alpha": str(peft["lora_alpha"]),
+           "st_lora_targets": ", ".join(peft["target_modules"]), "st_n_train": n_train,
+           "st_steps": str(train["steps"]), "st_batch": str(train["batch_size"]),
+           "st_lr": _fmt(train["lr"]), "st_dual_lr": _fmt(dual["lr"]),
+           "st_lambda_max": _fmt(dual["lambda_max"]),
+           "st_eval_prompts": str(ev["prompts_per_set"]), "st_eval_tokens": str(ev["max_new_tokens"]),
+           "st_ifeval_prompts": str(ev["ifeval_prompts"]), "st_confidence": _fmt(ev["confidence"]),
+           "st_n_runs": str(len(runs)), "st_n_seeds": str(len(seeds)),
+           "st_seeds": ", ".join(str(s) for s in seeds),
+           "st_cpu": f"{hw['cpu']['model']} ({', '.join(hw['cpu']['capabilities'])}), "
+                     f"{hw['torch_threads']} threads",
+           "st_dtype": manifest["dtype"]}
+    for key, c in (("ref", ref), ("over", over), ("kl", kl)):
+        out[f"st_{key}_eps"] = _fmt(c["epsilon"])
+        out[f"st_{key}_margin"] = _fmt(c["margin"])
+        out[f"st_{key}_train_to"] = _fmt(c["epsilon"] - c["margin"])
+        out[f"st_{key}_lambda_max"] = _fmt(c["lambda_max"] or dual["lambda_max"])
+    for key, c in (("ref", ref), ("over", over)):
+        out[f"st_{key}_prompts"] = c["prompts"]
+        out[f"st_{key}_batch"] = str(c["batch_size"])
+        out[f"st_{key}_n_prompts"] = str(len(load_prompts(c["prompts"])))
+        sets = ev["sets"][c["name"]]
+        out[f"st_{key}_sets"] = ", ".join(f"`{sets[s]}` ({s})" for s in ("id", "shifted", "unseen"))
+    out["st_over_openers"] = ", ".join(f'"{o}"' for o in over["openers"])
+    return out
+
+
+def study_values(sweep: Path, results: Path) -> dict[str, str]:
+    """Section 4: the per-run certificate table, the scorecard against the issue's targets, the
+    paired violations, λ at the end, the cost, and the one-seed probes' frontier."""
+    runs = study_runs(sweep)
+    out: dict[str, str] = {}
+    lines = []
+    for m in METHOD_ORDER:
+        for seed in sorted(s for (label, s) in runs if label == m):
+            r = runs[m, seed]
+            cells = [f"{m} s{seed}"] + [_cell(r, c, s) for c, s in STUDY_SETS]
+            cells += [f"{r.final('eval/pref_accuracy'):.3f}",
+                      f"{r.final(PROMPT_STRICT):.3f} / {r.final(INSTRUCTION_STRICT):.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    out["st_run_rows"] = "\n".join(lines)
+
+    # the scorecard: per primal-dual method and target, seeds passing; baselines' refusal passes
+    lines = []
+    for m in PD_METHODS:
+        cells = [m]
+        for c, s in STUDY_TARGETS:
+            k, n = _passes(runs, m, c, s)
+            cells.append(f"{k} of {n} {'(met)' if k >= STUDY_TARGET_SHARE * n else '(missed)'}")
+        base = m.split("(")[1].rstrip(")")
+        acc = [runs[m, seed].final("eval/pref_accuracy") for (label, seed) in runs if label == m]
+        base_acc = [runs[base, seed].final("eval/pref_accuracy")
+                    for (label, seed) in runs if label == m]
+        gap = float(np.mean(base_acc) - np.mean(acc))
+        cells.append(f"{np.mean(acc):.3f} vs {np.mean(base_acc):.3f} "
+                     f"{'(met)' if gap <= STUDY_ACC_GAP else '(missed)'}")
+        lines.append("| " + " | ".join(cells) + " |")
+        out[f"st_acc_gap_{base}"] = f"{gap:.3f}"
+    for m in ("dpo", "orpo"):
+        cells = [m]
+        for c, s in STUDY_TARGETS:
+            k, n = _passes(runs, m, c, s)
+            target = c == "refusal_openers"  # the baselines must pass no refusal certificate
+            cells.append(f"{k} of {n}" + ((" (met)" if k == 0 else " (missed)") if target else ""))
+        cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    out["st_score_rows"] = "\n".join(lines)
+
+    for m in PD_METHODS:
+        key = m.split("(")[1].rstrip(")")
+        for c, s in STUDY_SETS:
+            vals = [runs[m, seed].final(eval_key(c, s, "value")) for (lab, seed) in runs if lab == m]
+            out[f"st_{key}_{c}_{s}_range"] = _span(vals)
+            k, n = _passes(runs, m, c, s)
+            out[f"st_{key}_{c}_{s}_pass"] = f"{k} of {n}"
+    base_kl = [r.final(eval_key("kl_budget", "id", "value")) for (m, _), r in runs.items()
+               if m in ("dpo", "orpo")]
+    out["st_base_kl_range"] = _span(base_kl, 2)
+    base_ans = [r.final(eval_key("refusal_openers", s, "value")) for (m, _), r in runs.items()
+                if m in ("dpo", "orpo") for s in ("id", "shifted", "unseen")]
+    out["st_base_answered_min"] = f"{min(base_ans):.3f}"
+
+    # the training estimate over the last third of the steps, and λ over the last 20%
+    for m in PD_METHODS:
+        key = m.split("(")[1].rstrip(")")
+        mine = [r for (label, _), r in runs.items() if label == m]
+        for c in ("refusal_openers", "over_refusal_openers", "kl_budget"):
+            g = [r.series(f"g/{c}")[1] for r in mine]
+            lam = [r.series(f"lambda_next/{c}")[1] for r in mine]
+            out[f"st_g_late_{key}_{c}"] = _span([x[int(len(x) * 2 / 3):].mean() for x in g])
+            out[f"st_lam_late_{key}_{c}"] = (f"{_span([x[int(len(x) * 0.8)] for x in lam], 1)} → "
+                                             f"{_span([x[-1] for x in lam], 1)}")
+    mlp = collect_runs(results / "opener_probe" / "mlp")[0]
+    g = mlp.series("g/over_refusal_openers")[1]
+    out["st_mlp_over_g_late"] = f"{g[int(len(g) * 0.8):].mean():.3f}"
+
+    # λ at the end and its health (pdalign-report's report.csv)
+    rows = {r["method"]: r for r in _read_csv(sweep / "report.csv")}
+    lines = []
+    for m in PD_METHODS:
+        r = rows[m]
+        cells = [m]
+        for c in ("refusal_openers", "over_refusal_openers", "kl_budget"):
+            cells.append(f"{_pm(r[f'{c}/lambda_final_mean'], r[f'{c}/lambda_final_std'])} "
+                         f"of {_fmt(float(r[f'{c}/lambda_max']))}, {r[f'{c}/health']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    out["st_lambda_rows"] = "\n".join(lines)
+
+    # paired by seed: violation (value - eps)+ of the base objective and of primal-dual
+    paired = {(p["method"], p["metric"]): p for p in _read_csv(sweep / "paired.csv")}
+    lines = []
+    for method, baseline in PAIRS:
+        for c, s in STUDY_SETS:
+            p = paired[method, f"{c}/{s}"]
+            red = p["violation_reduction"]
+            lines.append(f"| {method} vs {baseline} | {c}/{s} | "
+                         f"{_fmt(float(p['baseline_violation_mean']), 3)} | "
+                         f"{_fmt(float(p['violation_mean']), 3)} | "
+                         + ("none to reduce" if red == "" else f"{float(red):.0%}") + " |")
+    out["st_paired_rows"] = "\n".join(lines)
+    reds = [float(paired[m, f"{c}/{s}"]["violation_reduction"]) for m in PD_METHODS
+            for c, s in STUDY_SETS if c != "kl_budget"
+            and paired[m, f"{c}/{s}"]["violation_reduction"] != ""]
+    out["st_safety_red_range"] = f"{min(reds):.0%} to {max(reds):.0%}"
+
+    # cost: wall time (evaluation included) and the median training step
+    for method, baseline in PAIRS:
+        out[f"st_time_ratio_{baseline}"] = _fmt(float(paired[method, "wall_time_s"]["ratio_median"]), 3)
+    for m in METHOD_ORDER:
+        steps = [t for (label, _), r in runs.items() if label == m
+                 for t in r.series("step_time_s")[1]]
+        out[f"st_step_s_{m.replace('(', '_').rstrip(')')}"] = f"{np.median(steps):.1f}"
+
+    # the frontier: one-seed probes of the recipe, on the two shifted rows and the id benign row
+    lines = []
+    for label, rel in PROBES:
+        run = collect_runs(results / rel)[0]
+        cfg = run.config
+        targets = cfg["peft"]["target_modules"]
+        adapters = "q/k/v/o" if tuple(targets) == ATTENTION else "q/k/v/o + MLP"
+        over_cap = cfg["constraints"]["over_refusal_openers"]["lambda_max"] or cfg["dual"]["lambda_max"]
+        ref_cap = cfg["constraints"]["refusal_openers"]["lambda_max"] or cfg["dual"]["lambda_max"]
+        cells = [label, f"`{cfg['constraints']['refusal_openers']['prompts']}`",
+                 f"`{cfg['constraints']['over_refusal_openers']['prompts']}`", adapters,
+                 f"{_fmt(ref_cap)} / {_fmt(over_cap)}",
+                 _cell(run, "refusal_openers", "shifted"),
+                 _cell(run, "over_refusal_openers", "id"),
+                 _cell(run, "over_refusal_openers", "shifted")]
+        lines.append("| " + " | ".join(cells) + " |")
+    out["st_probe_rows"] = "\n".join(lines)
+    return out
+
+
+def check_study_claims(results: Path) -> None:
+    """Raise AssertionError when the study's numbers contradict what Section 4 says."""
+    sweep = results / "study"
+    runs = study_runs(sweep)
+    for m in ("dpo", "orpo"):  # "the baselines answer every harmful request" and drift in KL
+        for c, s in (("refusal_openers", x) for x in ("id", "shifted", "unseen")):
+            k, _ = _passes(runs, m, c, s)
+            assert k == 0, f"{m} passes a refusal certificate ({s}); the text says none does"
+        for (label, seed), r in runs.items():
+            if label == m:
+                assert not _cert(r, "kl_budget", "id")[2], f"{m} seed {seed} passes KL"
+    for m in PD_METHODS:  # "no primal-dual method certifies the shifted refusal row"
+        k, n = _passes(runs, m, "refusal_openers", "shifted")
+        assert k < STUDY_TARGET_SHARE * n, f"{m} meets the shifted refusal target"
+        for c, s in (("over_refusal_openers", "id"), ("over_refusal_openers", "shifted"),
+                     ("kl_budget", "id")):  # "... while over-refusal and KL pass"
+            k, n = _passes(runs, m, c, s)
+            assert k >= STUDY_TARGET_SHARE * n, f"{m} misses the {c}/{s} target"
+        k, n = _passes(runs, m, "kl_budget", "id")
+        assert k == n, f"{m}: the text says the KL certificate passes in every seed"
+        for (label, seed), r in runs.items():  # "every multiplier settles under its cap"
+            if label == m:
+                for c in ("refusal_openers", "over_refusal_openers", "kl_budget"):
+                    assert r.final(f"lambda_next/{c}") < r.lambda_max(c), (m, seed, c)
+    rows = {r["method"]: r for r in _read_csv(sweep / "report.csv")}
+    for m in PD_METHODS:
+        for c in ("refusal_openers", "over_refusal_openers", "kl_budget"):
+            assert rows[m][f"{c}/health"] == "ok", f"{m}: λ_{c} health is not ok"
+    for (label, seed), r in runs.items():
+        if label != "primal_dual(dpo)":
+            continue
+        cfg = r.config["constraints"]
+        late = {c: r.series(f"g/{c}")[1] for c in cfg}
+        late = {c: g[int(len(g) * 2 / 3):].mean() for c, g in late.items()}
+        to = {c: cfg[c]["epsilon"] - cfg[c]["margin"] for c in cfg}
+        # "the first two at their trained-to bounds, the last well over its own"
+        assert late["refusal_openers"] <= to["refusal_openers"] + 0.02, (seed, late)
+        assert late["kl_budget"] <= to["kl_budget"], (seed, late)
+        assert late["over_refusal_openers"] > 2 * to["over_refusal_openers"], (seed, late)
+        for c, falls in (("refusal_openers", True), ("kl_budget", True),
+                         ("over_refusal_openers", False)):  # "falling back" / "creeping up"
+            lam = r.series(f"lambda_next/{c}")[1]
+            assert (lam[-1] < lam[int(len(lam) * 0.8)]) == falls, (seed, c)
+    for (label, seed), r in runs.items():  # "overrun [the KL bound] by an order of magnitude"
+        if label in ("dpo", "orpo"):
+            value, eps = r.final(eval_key("kl_budget", "id", "value")), r.final(
+                eval_key("kl_budget", "id", "eps"))
+            assert value > 10 * eps, (label, seed, value)
+    mlp = collect_runs(results / "opener_probe" / "mlp")[0]  # "memorises the benign rows"
+    g = mlp.series("g/over_refusal_openers")[1]
+    assert g[int(len(g) * 0.8):].mean() < 0.5 * mlp.final(
+        eval_key("over_refusal_openers", "id", "value")), "mlp: training g not under held-out"
+    dpo_gap = np.mean([runs["dpo", s].final("eval/pref_accuracy")
+                       - runs["primal_dual(dpo)", s].final("eval/pref_accuracy")
+                       for (m, s) in runs if m == "primal_dual(dpo)"])
+    orpo_gap = np.mean([runs["orpo", s].final("eval/pref_accuracy")
+                        - runs["primal_dual(orpo)", s].final("eval/pref_accuracy")
+                        for (m, s) in runs if m == "primal_dual(orpo)"])
+    assert dpo_gap <= STUDY_ACC_GAP < orpo_gap, "the text says only ORPO's accuracy cost > 0.10"
+    for label, rel in PROBES:  # "no recipe held both shifted rows at once"
+        run = collect_runs(results / rel)[0]
+        both = (_cert(run, "refusal_openers", "shifted")[2]
+                and _cert(run, "over_refusal_openers", "shifted")[2])
+        assert not both, f"probe {label} holds both shifted rows; the text says none does"
+
+
 def values(results: Path = RESULTS) -> dict[str, str]:
     """Every placeholder's text, each read from a results file."""
     out = bandit_values(results)
@@ -393,11 +677,14 @@ def values(results: Path = RESULTS) -> dict[str, str]:
     out.update(compare_values(results / "compare"))
     out.update(ablation_values(results / "ablation"))
     out.update(iterative_values(results / "iterative"))
+    out.update(study_setup_values(results / "study"))
+    out.update(study_values(results / "study", results))
     return out
 
 
 def check_claims(results: Path = RESULTS) -> None:
     """Raise AssertionError when the numbers contradict a direction the paper's text states."""
+    check_study_claims(results)
     paired = {(p["method"], p["metric"]): p
               for p in _read_csv(results / "compare" / "paired.csv")}
     for method, _ in PAIRS:

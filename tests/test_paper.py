@@ -95,24 +95,68 @@ def test_ablation_rows_come_from_the_runs(text):
         assert cell in text
 
 
-def test_a_contradicted_claim_stops_the_build(tmp_path):
-    """Flip one result: the text says primal-dual lowers the KL violation; make it higher."""
+def _build_with_one_csv_edited(tmp_path, csv_name, where, column, value, error):
+    """Copy the results, set ``column`` to ``value`` in the rows of ``csv_name`` matching
+    ``where`` (column, text), and check the build stops with ``error`` and writes nothing."""
     results = tmp_path / "results"
     shutil.copytree(RESULTS, results)
-    path = results / "compare" / "paired.csv"
+    path = results / csv_name
     rows = _csv(path)
     for row in rows:
-        if row["metric"] == "kl_budget/id":
-            row["violation_reduction"] = "-0.5"
+        if row[where[0]] == where[1]:
+            row[column] = value
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    with pytest.raises(AssertionError, match="does not lower the KL violation"):
+    with pytest.raises(AssertionError, match=error):
         paper_build.build(tmp_path / "paper.md", results)
     assert not (tmp_path / "paper.md").exists()
+
+
+def test_a_contradicted_claim_stops_the_build(tmp_path):
+    """Flip one result: the text says primal-dual lowers the KL violation; make it higher."""
+    _build_with_one_csv_edited(tmp_path, "compare/paired.csv", ("metric", "kl_budget/id"),
+                               "violation_reduction", "-0.5", "does not lower the KL violation")
 
 
 def test_an_unfilled_placeholder_is_an_error():
     with pytest.raises(KeyError, match="no_such_number"):
         paper_build.render("x = {{no_such_number}}", {})
+
+
+def test_study_rows_come_from_each_runs_last_evaluation(text):
+    runs = paper_build.study_runs(RESULTS / "study")
+    assert runs
+    lines = text.splitlines()
+    for (label, seed), run in runs.items():
+        line = next(x for x in lines if x.startswith(f"| {label} s{seed} |"))
+        for c, s in paper_build.STUDY_SETS:
+            value, upper = (run.final(f"eval/{c}/{s}/{f}") for f in ("value", "upper"))
+            passes = run.final(f"eval/{c}/{s}/pass") == 1.0
+            assert f"{value:.3f} ({upper:.3f})" + (" **P**" if passes else "") in line, (c, s)
+    # the scorecard's counts, re-read from certificates.md (written by experiments/certificates.py)
+    blocks = (RESULTS / "study" / "certificates.md").read_text().split("\n## ")[1:]
+
+    def verdicts(method_dir: str, row: str) -> list[bool]:
+        out = []
+        for block in blocks:
+            if method_dir in block.splitlines()[0]:
+                line = next(x for x in block.splitlines() if x.startswith(row))
+                out.append(line.endswith("**pass** |"))
+        return out
+
+    for label, run_dir in (("primal_dual(dpo)", "-primal_dual-dpo-"),
+                           ("primal_dual(orpo)", "-primal_dual-orpo-")):
+        ref_id = verdicts(run_dir, "| refusal_openers | id |")
+        shifted = verdicts(run_dir, "| refusal_openers | shifted |")
+        assert len(ref_id) == len(shifted) == sum(1 for m, _ in runs if m == label)
+        n = len(ref_id)
+        assert (f"| {label} | {sum(ref_id)} of {n} (" in text
+                and f" | {sum(shifted)} of {n} (missed) |" in text), label
+
+
+def test_a_contradicted_study_claim_stops_the_build(tmp_path):
+    """The text says every study multiplier has health ok; mark one pinned."""
+    _build_with_one_csv_edited(tmp_path, "study/report.csv", ("method", "primal_dual(dpo)"),
+                               "over_refusal_openers/health", "pinned 1/3", "health is not ok")
