@@ -403,7 +403,8 @@ STUDY_ACC_GAP = 0.10  # held-out preference accuracy within this of the base obj
 # One-seed probes of the study's recipe (the frontier table): (label, run dir under results/)
 PROBES = (("framed96", "opener_probe/framed96"), ("lmax25", "opener_probe/lmax25"),
           ("mixed96", "opener_probe/mixed96"), ("refcap25", "opener_probe/refcap25"),
-          ("mlp", "opener_probe/mlp"), ("the study's recipe, seed 0",
+          ("mlp", "opener_probe/mlp"), ("wide", "opener_probe/wide"),
+          ("the study's recipe, seed 0",
                                         "study/0-primal_dual-dpo-seed0"))
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
