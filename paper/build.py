@@ -431,6 +431,22 @@ def _passes(runs: dict, method: str, constraint: str, prompt_set: str) -> tuple[
     return sum(_cert(r, constraint, prompt_set)[2] for r in mine), len(mine)
 
 
+LATE_G = 2 / 3     # the training estimate is read over the steps after this share of the run
+LATE_LAMBDA = 0.8  # λ's late movement: from this share of the run to its end (the health window)
+
+
+def _tail(x: np.ndarray, start: float) -> np.ndarray:
+    """The part of a per-step series after ``start`` (a share of its length)."""
+    return x[int(len(x) * start):]
+
+
+def _acc(runs: dict, method: str, base: str) -> tuple[float, float]:
+    """(mean held-out preference accuracy of ``method``, of ``base``) over method's seeds."""
+    seeds = [seed for label, seed in runs if label == method]
+    return tuple(float(np.mean([runs[m, s].final("eval/pref_accuracy") for s in seeds]))
+                 for m in (method, base))
+
+
 def _span(xs: list[float], digits: int = 3) -> str:
     """'lo–hi' over seeds (one number when they agree at the printed digits)."""
     lo, hi = f"{min(xs):.{digits}f}", f"{max(xs):.{digits}f}"
@@ -495,17 +511,14 @@ def study_values(sweep: Path, results: Path) -> dict[str, str]:
 
     # the scorecard: per primal-dual method and target, seeds passing; baselines' refusal passes
     lines = []
-    for m in PD_METHODS:
+    for m, base in PAIRS:
         cells = [m]
         for c, s in STUDY_TARGETS:
             k, n = _passes(runs, m, c, s)
             cells.append(f"{k} of {n} {'(met)' if k >= STUDY_TARGET_SHARE * n else '(missed)'}")
-        base = m.split("(")[1].rstrip(")")
-        acc = [runs[m, seed].final("eval/pref_accuracy") for (label, seed) in runs if label == m]
-        base_acc = [runs[base, seed].final("eval/pref_accuracy")
-                    for (label, seed) in runs if label == m]
-        gap = float(np.mean(base_acc) - np.mean(acc))
-        cells.append(f"{np.mean(acc):.3f} vs {np.mean(base_acc):.3f} "
+        acc, base_acc = _acc(runs, m, base)
+        gap = base_acc - acc
+        cells.append(f"{acc:.3f} vs {base_acc:.3f} "
                      f"{'(met)' if gap <= STUDY_ACC_GAP else '(missed)'}")
         lines.append("| " + " | ".join(cells) + " |")
         out[f"st_acc_gap_{base}"] = f"{gap:.3f}"
@@ -519,8 +532,7 @@ def study_values(sweep: Path, results: Path) -> dict[str, str]:
         lines.append("| " + " | ".join(cells) + " |")
     out["st_score_rows"] = "\n".join(lines)
 
-    for m in PD_METHODS:
-        key = m.split("(")[1].rstrip(")")
+    for m, key in PAIRS:
         for c, s in STUDY_SETS:
             vals = [runs[m, seed].final(eval_key(c, s, "value")) for (lab, seed) in runs if lab == m]
             out[f"st_{key}_{c}_{s}_range"] = _span(vals)
@@ -534,18 +546,17 @@ def study_values(sweep: Path, results: Path) -> dict[str, str]:
     out["st_base_answered_min"] = f"{min(base_ans):.3f}"
 
     # the training estimate over the last third of the steps, and λ over the last 20%
-    for m in PD_METHODS:
-        key = m.split("(")[1].rstrip(")")
+    for m, key in PAIRS:
         mine = [r for (label, _), r in runs.items() if label == m]
         for c in ("refusal_openers", "over_refusal_openers", "kl_budget"):
             g = [r.series(f"g/{c}")[1] for r in mine]
             lam = [r.series(f"lambda_next/{c}")[1] for r in mine]
-            out[f"st_g_late_{key}_{c}"] = _span([x[int(len(x) * 2 / 3):].mean() for x in g])
-            out[f"st_lam_late_{key}_{c}"] = (f"{_span([x[int(len(x) * 0.8)] for x in lam], 1)} → "
-                                             f"{_span([x[-1] for x in lam], 1)}")
+            out[f"st_g_late_{key}_{c}"] = _span([_tail(x, LATE_G).mean() for x in g])
+            out[f"st_lam_late_{key}_{c}"] = (f"{_span([_tail(x, LATE_LAMBDA)[0] for x in lam], 1)}"
+                                             f" → {_span([x[-1] for x in lam], 1)}")
     mlp = collect_runs(results / "opener_probe" / "mlp")[0]
     g = mlp.series("g/over_refusal_openers")[1]
-    out["st_mlp_over_g_late"] = f"{g[int(len(g) * 0.8):].mean():.3f}"
+    out["st_mlp_over_g_late"] = f"{_tail(g, LATE_LAMBDA).mean():.3f}"
 
     # λ at the end and its health (pdalign-report's report.csv)
     rows = {r["method"]: r for r in _read_csv(sweep / "report.csv")}
@@ -636,8 +647,7 @@ def check_study_claims(results: Path) -> None:
         if label != "primal_dual(dpo)":
             continue
         cfg = r.config["constraints"]
-        late = {c: r.series(f"g/{c}")[1] for c in cfg}
-        late = {c: g[int(len(g) * 2 / 3):].mean() for c, g in late.items()}
+        late = {c: _tail(r.series(f"g/{c}")[1], LATE_G).mean() for c in cfg}
         to = {c: cfg[c]["epsilon"] - cfg[c]["margin"] for c in cfg}
         # "the first two at their trained-to bounds, the last well over its own"
         assert late["refusal_openers"] <= to["refusal_openers"] + 0.02, (seed, late)
@@ -646,7 +656,7 @@ def check_study_claims(results: Path) -> None:
         for c, falls in (("refusal_openers", True), ("kl_budget", True),
                          ("over_refusal_openers", False)):  # "falling back" / "creeping up"
             lam = r.series(f"lambda_next/{c}")[1]
-            assert (lam[-1] < lam[int(len(lam) * 0.8)]) == falls, (seed, c)
+            assert (lam[-1] < _tail(lam, LATE_LAMBDA)[0]) == falls, (seed, c)
     for (label, seed), r in runs.items():  # "overrun [the KL bound] by an order of magnitude"
         if label in ("dpo", "orpo"):
             value, eps = r.final(eval_key("kl_budget", "id", "value")), r.final(
@@ -654,15 +664,11 @@ def check_study_claims(results: Path) -> None:
             assert value > 10 * eps, (label, seed, value)
     mlp = collect_runs(results / "opener_probe" / "mlp")[0]  # "memorises the benign rows"
     g = mlp.series("g/over_refusal_openers")[1]
-    assert g[int(len(g) * 0.8):].mean() < 0.5 * mlp.final(
+    assert _tail(g, LATE_LAMBDA).mean() < 0.5 * mlp.final(
         eval_key("over_refusal_openers", "id", "value")), "mlp: training g not under held-out"
-    dpo_gap = np.mean([runs["dpo", s].final("eval/pref_accuracy")
-                       - runs["primal_dual(dpo)", s].final("eval/pref_accuracy")
-                       for (m, s) in runs if m == "primal_dual(dpo)"])
-    orpo_gap = np.mean([runs["orpo", s].final("eval/pref_accuracy")
-                        - runs["primal_dual(orpo)", s].final("eval/pref_accuracy")
-                        for (m, s) in runs if m == "primal_dual(orpo)"])
-    assert dpo_gap <= STUDY_ACC_GAP < orpo_gap, "the text says only ORPO's accuracy cost > 0.10"
+    (dpo_pd, dpo), (orpo_pd, orpo) = (_acc(runs, m, base) for m, base in PAIRS)
+    assert dpo - dpo_pd <= STUDY_ACC_GAP < orpo - orpo_pd, \
+        "the text says only ORPO's accuracy cost > 0.10"
     for label, rel in PROBES:  # "no recipe held both shifted rows at once"
         run = collect_runs(results / rel)[0]
         both = (_cert(run, "refusal_openers", "shifted")[2]
