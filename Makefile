@@ -38,7 +38,8 @@ demo: $(STAMP)
 	@echo "demo done: report at $(DEMO_DIR)/report.md, plots $(DEMO_DIR)/*.png"
 
 # The paper's studies, resumable (re-run the same command after a stop): the certified QLoRA
-# study (4 methods x 3 seeds, ~5.5 h on a 2-core CPU) and its certificates; the 24-step LoRA
+# study (4 methods x 3 seeds, ~5.5 h on a 2-core CPU) and its certificates, its primal_dual(dpo)
+# recipe held out every 24 steps (3 seeds, ~2 h) with the untrained model as step 0; the 24-step LoRA
 # compare sweep (4 methods x 3 seeds, ~2.5 h), the untrained model's held-out eval, the SmolLM2
 # dual ablation (its gradient / lambda_max=10 point is the compare sweep's primal_dual seed 0),
 # the bandit ablation; results copied into experiments/results/, then the paper.
@@ -47,6 +48,14 @@ study: $(STAMP)
 	$(VENV)/bin/pdalign-train --multirun experiment=study hydra.sweep.dir=$(STUDY_DIR)/study/main train.resume=auto
 	$(PY) experiments/collect_sweep.py $(STUDY_DIR)/study/main experiments/results/study
 	$(PY) experiments/certificates.py experiments/results/study
+	$(VENV)/bin/pdalign-train --multirun experiment=study_curve hydra.sweep.dir=$(STUDY_DIR)/study_curve/main train.resume=auto
+	mkdir -p experiments/results/study_curve
+	test -f experiments/results/study_curve/base_eval.json || $(VENV)/bin/pdalign-eval --quiet \
+	  --checkpoint $(PDALIGN_CACHE)/models/smollm2-135m-instruct \
+	  --config $(STUDY_DIR)/study_curve/main/0-primal_dual-dpo-seed0/config.yaml \
+	  --out experiments/results/study_curve/base_eval.json
+	$(PY) experiments/collect_sweep.py $(STUDY_DIR)/study_curve/main experiments/results/study_curve --keep base_eval.json
+	$(PY) experiments/plot_curve.py experiments/results/study_curve
 	$(VENV)/bin/pdalign-train --multirun experiment=compare hydra.sweep.dir=$(STUDY_DIR)/compare/main train.resume=auto
 	test -f experiments/results/compare/base_eval.json || $(VENV)/bin/pdalign-eval --quiet \
 	  --checkpoint $(PDALIGN_CACHE)/models/smollm2-135m-instruct \

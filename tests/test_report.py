@@ -27,7 +27,7 @@ import pytest
 
 from pdalign.cli.report import main
 from pdalign.reporting.runs import collect_runs
-from pdalign.reporting.stats import lambda_health, signal_health, summarize
+from pdalign.reporting.stats import lambda_health, plateau_step, signal_health, summarize
 from pdalign.reporting.sweep import write_report
 
 EVAL_STEPS = (4, 12, 20)
@@ -530,3 +530,30 @@ def test_signal_threshold_comes_from_the_run_config(tmp_path):
     config["train"] = {"rollout": {"no_signal_after": 6}}
     (run / "config.yaml").write_text(json.dumps(config))
     assert signal_health(collect_runs(tmp_path)[0], "refusal") == ("ok", None)
+
+
+# ---- plateau_step: where a held-out rate stops falling ----------------------------------------
+
+STEPS = [24, 48, 72, 96]
+
+
+@pytest.mark.parametrize("rates, n, want", [
+    # 0.45 - sqrt(.45 * .55 / 100) = 0.400 > 0.35 still to come; from 0.35 (se 0.048) the 0.33
+    # after it is within noise
+    ([0.60, 0.45, 0.35, 0.33], 100, 72),
+    ([0.90, 0.70, 0.50, 0.30], 210, 96),   # still falling by ~0.2 per evaluation: the last step
+    ([0.30, 0.32, 0.40, 0.29], 210, 24),   # se at 0.30 on 210 is 0.032: 0.29 is within it
+    ([0.30, 0.32, 0.40, 0.25], 210, 96),   # ... and 0.25 is not, from any earlier point
+    ([0.00, 0.00, 0.00, 0.00], 50, 24),    # flat at zero
+    ([0.02, 0.00, 0.00, 0.00], 50, 24),    # one prompt of 50 is the floor (1/n = 0.02) ...
+    ([0.04, 0.00, 0.00, 0.00], 50, 48),    # ... two are past it (se at 0.04 is 0.028)
+])
+def test_plateau_step_hand_derived(rates, n, want):
+    assert plateau_step(STEPS, rates, n) == want
+
+
+def test_plateau_step_rejects_bad_input():
+    with pytest.raises(ValueError, match="equal-length"):
+        plateau_step([24, 48], [0.3], 210)
+    with pytest.raises(ValueError, match="n = 0"):
+        plateau_step(STEPS, [0.3] * 4, 0)

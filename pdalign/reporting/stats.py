@@ -107,6 +107,35 @@ def heldout_violation(run: Run, constraint: str, prompt_set: str) -> tuple[np.nd
     return steps, np.maximum(violation, 0.0)
 
 
+def plateau_step(steps: Sequence[float], rates: Sequence[float], n: int) -> int:
+    """The first evaluated step of a held-out rate after which it never falls by more than one
+    standard error of a rate at that step on ``n`` prompts.
+
+    The standard error is sqrt(p(1 − p)/n), floored at 1/n so that a rate at 0 or 1 still has a
+    resolution of one prompt. From that step on, further training lowers the rate by no more
+    than resampling noise would: where a violation-against-step curve levels off.
+
+    Args:
+        steps: evaluated steps, ascending, ``(T,)``.
+        rates: the rate (in [0, 1]) at each, ``(T,)``.
+        n: prompts per evaluation (≥ 1).
+
+    Returns:
+        That step; the last step when the rate is still falling there.
+    """
+    steps, rates = np.asarray(steps, dtype=float), np.asarray(rates, dtype=float)
+    if steps.shape != rates.shape or steps.ndim != 1 or not steps.size:
+        raise ValueError(f"plateau_step: steps {steps.shape} and rates {rates.shape} must be "
+                         f"equal-length, non-empty 1-D sequences")
+    if n < 1:
+        raise ValueError(f"plateau_step: n = {n} prompts; it must be >= 1")
+    for i, p in enumerate(rates[:-1]):
+        se = max(math.sqrt(p * (1 - p) / n), 1 / n)
+        if np.all(rates[i + 1:] >= p - se):
+            return int(steps[i])
+    return int(steps[-1])
+
+
 def eval_pairs(runs: Iterable[Run]) -> list[tuple[str, str]]:
     """(constraint, prompt set) pairs with held-out values, constraints sorted, id first."""
     return set_order(parsed[:2] for r in runs for k in r.key_set
