@@ -25,7 +25,7 @@ from pdalign.training import build
 
 def main(run_dir: Path, out: Path) -> None:
     last = round_dir(run_dir, len(read_rounds(run_dir)) - 1) / "policy"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="iterate", overrides=[
             "constraints=[over_refusal]", "eval.prompts_per_set=20", "eval.max_new_tokens=32",
             "eval.batch_size=20"])

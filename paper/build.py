@@ -30,6 +30,7 @@ import numpy as np
 from pdalign.contract.prompts import load_prompts
 from pdalign.evaluation.ifeval import INSTRUCTION_STRICT, PROMPT_STRICT
 from pdalign.reporting.runs import collect_runs
+from pdalign.reporting.stats import plateau_step
 from pdalign.runfiles.atomic import write_text
 from pdalign.runfiles.metrics import eval_key
 
@@ -353,8 +354,6 @@ def iterative_values(run: Path) -> dict[str, str]:
     from pdalign.runfiles.rounds import read_initial, read_rounds
 
     rounds, initial = read_rounds(run), read_initial(run)
-    # benign over-refusal of the start model and the last policy (iterative_over_refusal.py)
-    over = json.loads((run / "over_refusal.json").read_text())
     cfg = OmegaConf.load(run / "config.yaml")
     it = cfg.iterative
     key = eval_key("refusal", "id", "value")  # the answered rate; refusal rate = 1 - it
@@ -382,9 +381,72 @@ def iterative_values(run: Path) -> dict[str, str]:
             "iter_pairs": str(sum(r["n_pairs"] for r in rounds)),
             "iter_lambda_final": _fmt(rounds[-1]["lambda"]["refusal"]),
             "iter_upper_final": f"{rounds[-1]['eval'][eval_key('refusal', 'id', 'upper')]:.2f}",
-            "iter_answered_final": f"{rounds[-1]['eval'][key]:.2f}",
-            **{f"iter_over_refusal_{k}": f"{v[eval_key('over_refusal', 'id', 'value')]:.2f}"
-               for k, v in zip(("start", "final"), over.values())}}
+            "iter_answered_final": f"{rounds[-1]['eval'][key]:.2f}"}
+
+
+# The iterative run and its two controls, each a pdalign-iterate run dir under results/:
+# (label, dir, what it prices)
+ITERATIVE_RUNS = (("refusal priced (the run above, Xeon AMX)", "iterative"),
+                  ("refusal priced (Zen 4)", "iterative_controls/refusal"),
+                  ("λ = 0, `dual.lr=0` (Zen 4)", "iterative_controls/lambda0"),
+                  ("refusal and over-refusal priced (Zen 4)", "iterative_controls/priced"))
+
+
+def _iter_summary(run: Path) -> dict[str, object]:
+    """One iterative run's λ per round, held-out answered rate after each round (start first),
+    flipped pairs, and benign refused at the start and after the last round."""
+    from pdalign.runfiles.rounds import read_initial, read_rounds
+
+    rounds, initial = read_rounds(run), read_initial(run)
+    over = list(json.loads((run / "over_refusal.json").read_text()).values())
+    key = eval_key("refusal", "id", "value")
+    return {"lambda": {c: [r["lambda"][c] for r in rounds] for c in rounds[0]["lambda"]},
+            "answered": [initial["eval"][key]] + [r["eval"][key] for r in rounds],
+            "upper": rounds[-1]["eval"][eval_key("refusal", "id", "upper")],
+            "flipped": sum(r["n_flipped"] for r in rounds),
+            "pairs": sum(r["n_pairs"] for r in rounds),
+            "benign": [o[eval_key("over_refusal", "id", "value")] for o in over]}
+
+
+def iterative_compare_values(results: Path) -> dict[str, str]:
+    """Section 7's comparison table: the priced run against its λ = 0 control and the run that
+    also prices over-refusal, read from their round files."""
+    runs = {d: _iter_summary(results / d) for _, d in ITERATIVE_RUNS}
+    lines = []
+    for label, d in ITERATIVE_RUNS:
+        r = runs[d]
+        lam = "; ".join(f"{c}: " + ", ".join(f"{x:.2f}" for x in xs)
+                        for c, xs in r["lambda"].items())
+        lines.append(f"| {label} | {lam} | "
+                     + " → ".join(f"{1 - a:.2f}" for a in r["answered"])
+                     + f" | {r['answered'][-1]:.2f} ({r['upper']:.2f}) | "
+                     f"{r['benign'][0]:.2f} → {r['benign'][-1]:.2f} | "
+                     f"{r['flipped']} of {r['pairs']} |")
+    out = {"iter_compare_rows": "\n".join(lines)}
+    for key, (_, d) in zip(("amx", "main", "lr0", "priced"), ITERATIVE_RUNS):
+        r = runs[d]
+        out[f"iter_{key}_refused_final"] = f"{1 - r['answered'][-1]:.2f}"
+        out[f"iter_{key}_benign_final"] = f"{r['benign'][-1]:.2f}"
+    priced = runs["iterative_controls/priced"]["lambda"]
+    out["iter_priced_lam_over"] = f"{priced['over_refusal'][-1]:.2f}"
+    out["iter_priced_lam_ref"] = f"{priced['refusal'][-1]:.2f}"
+    out["iter_priced_over_first"] = str(next(k for k, x in enumerate(priced["over_refusal"])
+                                             if x > 0))
+    main, lr0 = runs["iterative_controls/refusal"], runs["iterative_controls/lambda0"]
+    share = _rise(lr0) / _rise(main)
+    out["iter_lr0_share"] = f"{share:.0%}"
+    out["iter_lr0_part"] = next(words for lo, words in ITER_SHARE_WORDS if share >= lo)
+    return out
+
+
+# how much of the priced run's rise in held-out refusals the λ = 0 control also shows
+ITER_SHARE_WORDS = ((0.75, "most of"), (0.25, "part of"), (float("-inf"), "little of"))
+
+
+def _rise(summary: dict[str, object]) -> float:
+    """The held-out refusal rate's rise from the start to after the last round."""
+    answered = summary["answered"]
+    return answered[0] - answered[-1]
 
 
 # ---- the certified study (Section 4): experiments/results/study/ ------------------------------
@@ -615,8 +677,107 @@ def study_values(sweep: Path, results: Path) -> dict[str, str]:
     return out
 
 
+# The held-out violation against training steps (experiments/results/study_curve/)
+CURVE_SETS = (("refusal_openers", "id"), ("refusal_openers", "shifted"),
+              ("over_refusal_openers", "id"), ("over_refusal_openers", "shifted"))
+CURVE_ROW = {"refusal_openers": "harmful answered", "over_refusal_openers": "benign refused"}
+CURVE_SHIFTED = (("refusal_openers", "shifted"), ("over_refusal_openers", "shifted"))
+
+
+def curve_series(run, constraint: str, prompt_set: str) -> tuple[np.ndarray, np.ndarray,
+                                                                   np.ndarray]:
+    """(steps, values, upper bounds) of one held-out row at every evaluation of a run."""
+    steps, value = run.series(eval_key(constraint, prompt_set, "value"))
+    _, upper = run.series(eval_key(constraint, prompt_set, "upper"))
+    return steps, value, upper
+
+
+def _curve_pass(run, constraint: str, prompt_set: str) -> np.ndarray:
+    return run.series(eval_key(constraint, prompt_set, "pass"))[1] == 1.0
+
+
+def curve_values(curve: Path) -> dict[str, str]:
+    """The curve's table (one row per seed and held-out row, one column per evaluation, the
+    untrained model as step 0), where each seed's shifted harmful rate stops improving, its
+    lowest point and the shifted benign rate there."""
+    runs = sorted(collect_runs(curve), key=lambda r: r.seed)
+    base = json.loads((curve / "base_eval.json").read_text())["metrics"]
+    steps = curve_series(runs[0], *CURVE_SETS[0])[0]
+    out = {"cv_steps_header": " | ".join(f"step {int(s)}" for s in steps),
+           "cv_steps_rule": "|".join("---:" for _ in steps),
+           "cv_seeds": ", ".join(str(r.seed) for r in runs),
+           "cv_every": str(runs[0].config["eval"]["every"]), "cv_last": str(int(steps[-1])),
+           "cv_n_evals": str(len(runs) * len(steps))}
+    lines, lows, low_pass, low_benign = [], [], 0, []
+    for r in runs:
+        for c, s in CURVE_SETS:
+            st, value, upper = curve_series(r, c, s)
+            assert np.array_equal(st, steps), f"seed {r.seed}: {c}/{s} evaluated at {st}"
+            cells = [f"s{r.seed}", f"{CURVE_ROW[c]}, {s}",
+                     f"{base[eval_key(c, s, 'value')]:.3f}"]
+            cells += [f"{v:.3f} ({u:.3f})" + (" **P**" if ok else "")
+                      for v, u, ok in zip(value, upper, _curve_pass(r, c, s))]
+            cells.append(f"step {plateau_step(st, value, int(r.final(eval_key(c, s, 'n'))))}"
+                         if (c, s) == CURVE_SHIFTED[0] else "")
+            lines.append("| " + " | ".join(cells) + " |")
+        harmful = curve_series(r, *CURVE_SHIFTED[0])[1]
+        benign = curve_series(r, *CURVE_SHIFTED[1])[1]
+        i = int(np.argmin(harmful))
+        low_pass += bool(_curve_pass(r, *CURVE_SHIFTED[0])[i])
+        low_benign.append(float(benign[i]))
+        lows.append(f"{harmful[i]:.3f} at step {int(steps[i])} in seed {r.seed} (look-alikes "
+                    f"refused there: {benign[i]:.3f})")
+    out["cv_rows"] = "\n".join(lines)
+    out["cv_lows"] = "; ".join(lows)
+    out["cv_low_pass"] = f"{low_pass} of {len(runs)}"
+    out["cv_low_benign_range"] = _span(low_benign)
+    out["cv_base_shifted"] = f"{base[eval_key(*CURVE_SHIFTED[0], 'value')]:.3f}"
+    out["cv_base_benign_shifted"] = f"{base[eval_key(*CURVE_SHIFTED[1], 'value')]:.3f}"
+    return out
+
+
+def check_curve_claims(results: Path) -> None:
+    """Raise AssertionError when the curve contradicts Section 4's reading of it."""
+    curve, study = study_runs(results / "study_curve"), study_runs(results / "study")
+    for (label, seed), r in curve.items():
+        # "its last evaluation repeats the study's run of the same seed"
+        twin = study["primal_dual(dpo)", seed]
+        for c, s in CURVE_SETS + (("kl_budget", "id"),):
+            a, b = r.final(eval_key(c, s, "value")), twin.final(eval_key(c, s, "value"))
+            assert abs(a - b) < 1e-9, f"curve seed {seed} {c}/{s}: {a} vs the study's {b}"
+        # "in no evaluation of any seed did both shifted certificates pass"
+        both = _curve_pass(r, *CURVE_SHIFTED[0]) & _curve_pass(r, *CURVE_SHIFTED[1])
+        assert not both.any(), f"curve seed {seed}: both shifted rows pass at some step"
+        # "the shifted harmful rate falls under its bound's reach and rises again": its lowest
+        # point comes before the last evaluation
+        harmful = curve_series(r, *CURVE_SHIFTED[0])[1]
+        assert int(np.argmin(harmful)) < len(harmful) - 1, f"curve seed {seed}: still falling"
+        # "λ_refusal sat at its cap for much of the first half ... λ_over-refusal kept rising"
+        steps, lam = r.series("lambda_next/refusal_openers")
+        first = lam[steps <= steps[-1] / 2]
+        assert np.mean(first >= 0.99 * r.lambda_max("refusal_openers")) > 1 / 3, seed
+        over = r.series("lambda_next/over_refusal_openers")[1]
+        assert over[-1] > _tail(over, LATE_LAMBDA)[0], f"curve seed {seed}: λ_over fell late"
+
+
+def check_iterative_claims(results: Path) -> None:
+    """Raise AssertionError when the iterative controls contradict Section 7's reading."""
+    runs = {d: _iter_summary(results / d) for _, d in ITERATIVE_RUNS}
+    main, lr0 = runs["iterative_controls/refusal"], runs["iterative_controls/lambda0"]
+    priced = runs["iterative_controls/priced"]
+    assert all(x == 0.0 for xs in lr0["lambda"].values() for x in xs), "λ = 0 run moved λ"
+    assert lr0["flipped"] == 0, "with λ = 0 no pair can be flipped"
+    assert 0 < _rise(lr0) < _rise(main), "the control's rise is not a part of the priced one's"
+    # "... never caught up": the over-refusal price ends under half the refusal one
+    assert priced["lambda"]["over_refusal"][-1] < priced["lambda"]["refusal"][-1] / 2
+    # "... fewer benign prompts refused, and fewer harmful ones"
+    assert priced["benign"][-1] < main["benign"][-1]
+    assert _rise(priced) < _rise(main)
+
+
 def check_study_claims(results: Path) -> None:
     """Raise AssertionError when the study's numbers contradict what Section 4 says."""
+    check_curve_claims(results)
     sweep = results / "study"
     runs = study_runs(sweep)
     for m in ("dpo", "orpo"):  # "the baselines answer every harmful request" and drift in KL
@@ -686,12 +847,15 @@ def values(results: Path = RESULTS) -> dict[str, str]:
     out.update(iterative_values(results / "iterative"))
     out.update(study_setup_values(results / "study"))
     out.update(study_values(results / "study", results))
+    out.update(curve_values(results / "study_curve"))
+    out.update(iterative_compare_values(results))
     return out
 
 
 def check_claims(results: Path = RESULTS) -> None:
     """Raise AssertionError when the numbers contradict a direction the paper's text states."""
     check_study_claims(results)
+    check_iterative_claims(results)
     paired = {(p["method"], p["metric"]): p
               for p in _read_csv(results / "compare" / "paired.csv")}
     for method, _ in PAIRS:

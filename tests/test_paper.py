@@ -160,3 +160,40 @@ def test_a_contradicted_study_claim_stops_the_build(tmp_path):
     """The text says every study multiplier has health ok; mark one pinned."""
     _build_with_one_csv_edited(tmp_path, "study/report.csv", ("method", "primal_dual(dpo)"),
                                "over_refusal_openers/health", "pinned 1/3", "health is not ok")
+
+
+def test_curve_rows_come_from_every_evaluation(text):
+    """Each curve cell is the run's value (upper bound) at that step, the base's at step 0."""
+    curve = RESULTS / "study_curve"
+    base = json.loads((curve / "base_eval.json").read_text())["metrics"]
+    lines = text.splitlines()
+    runs = paper_build.collect_runs(curve)
+    assert len(runs) == 3
+    for run in runs:
+        for c, s in paper_build.CURVE_SETS:
+            row = f"| s{run.seed} | {paper_build.CURVE_ROW[c]}, {s} | "
+            line = next(x for x in lines if x.startswith(row))
+            cells = [x.strip() for x in line.strip("|").split("|")]
+            assert cells[2] == f"{base[f'eval/{c}/{s}/value']:.3f}"
+            steps, values = run.series(f"eval/{c}/{s}/value")
+            assert len(steps) == 4 and len(cells) == 8
+            for cell, v, u in zip(cells[3:7], values, run.series(f"eval/{c}/{s}/upper")[1]):
+                assert cell.startswith(f"{v:.3f} ({u:.3f})"), (run.seed, c, s, cell)
+
+
+def test_a_contradicted_curve_claim_stops_the_build(tmp_path):
+    """The text says no evaluation passes both shifted certificates; make seed 0's step-72
+    evaluation pass the shifted benign row too."""
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)
+    path = results / "study_curve" / "0-primal_dual-dpo-seed0" / "metrics.jsonl"
+    lines = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("step") == 72 and "eval/over_refusal_openers/shifted/pass" in record:
+            record["eval/over_refusal_openers/shifted/pass"] = 1.0
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AssertionError, match="both shifted rows pass"):
+        paper_build.build(tmp_path / "paper.md", results)
+    assert not (tmp_path / "paper.md").exists()
