@@ -384,8 +384,8 @@ def iterative_values(run: Path) -> dict[str, str]:
             "iter_answered_final": f"{rounds[-1]['eval'][key]:.2f}"}
 
 
-# The iterative run and its two controls, each a pdalign-iterate run dir under results/:
-# (label, dir, what it prices)
+# The iterative run and its controls, each a pdalign-iterate run dir under results/: (row label,
+# dir)
 ITERATIVE_RUNS = (("refusal priced (the run above, Xeon AMX)", "iterative"),
                   ("refusal priced (Zen 4)", "iterative_controls/refusal"),
                   ("λ = 0, `dual.lr=0` (Zen 4)", "iterative_controls/lambda0"),
