@@ -351,13 +351,12 @@ def iterative_values(run: Path) -> dict[str, str]:
     one parser; the direction of the held-out refusal rate is stated from the numbers."""
     from omegaconf import OmegaConf
 
-    from pdalign.runfiles.rounds import read_initial, read_rounds
+    from pdalign.runfiles.rounds import read_rounds
 
-    rounds, initial = read_rounds(run), read_initial(run)
+    rounds, summary = read_rounds(run), _iter_summary(run)
     cfg = OmegaConf.load(run / "config.yaml")
     it = cfg.iterative
-    key = eval_key("refusal", "id", "value")  # the answered rate; refusal rate = 1 - it
-    refused = [1 - initial["eval"][key]] + [1 - r["eval"][key] for r in rounds]
+    refused = [1 - a for a in summary["answered"]]
     eps = rounds[0]["eps"]["refusal"]
     lines = [f"| start | – | – | – | {refused[0]:.2f} |"]
     for r, rate in zip(rounds, refused[1:]):
@@ -377,11 +376,10 @@ def iterative_values(run: Path) -> dict[str, str]:
                 str(cfg.eval.prompts_per_set), "iter_dual_lr": _fmt(cfg.dual.lr),
             "iter_nll": _fmt(cfg.objectives.dpo.nll_weight), "iter_eps": _fmt(eps),
             "iter_rows": "\n".join(lines), "iter_direction": direction,
-            "iter_flipped": str(sum(r["n_flipped"] for r in rounds)),
-            "iter_pairs": str(sum(r["n_pairs"] for r in rounds)),
+            "iter_flipped": str(summary["flipped"]), "iter_pairs": str(summary["pairs"]),
             "iter_lambda_final": _fmt(rounds[-1]["lambda"]["refusal"]),
-            "iter_upper_final": f"{rounds[-1]['eval'][eval_key('refusal', 'id', 'upper')]:.2f}",
-            "iter_answered_final": f"{rounds[-1]['eval'][key]:.2f}"}
+            "iter_upper_final": f"{summary['upper']:.2f}",
+            "iter_answered_final": f"{summary['answered'][-1]:.2f}"}
 
 
 # The iterative run and its controls, each a pdalign-iterate run dir under results/: (row label,
