@@ -1,12 +1,15 @@
-# Run:  .venv/bin/python experiments/profile_opener_rows.py          (embedded SmolLM2, ~2 min)
-"""What an opener constraint's rows cost, by how the decoder is fed: one constraint's training
-rows (8 prompts x 5 openers) through `pdalign.policy.logprobs.sequence_logps`, forward and
-backward, as full rows, with the prompt shared and each opener block in its own call
-(``split``), with the prompt shared and all blocks in one padded call (``one call``), and as
-the rule in `pdalign.policy.logprobs._split_blocks` picks (``auto``). The two constraints of the
-bench's ``primal_dual_openers`` row: whole refusals on adversarial prompts and short refusal
-starts on benign ones. Median of 3 repetitions; `train.dtype=auto`'s dtype; 2 threads.
-Writes ``opener_rows.md`` / ``opener_rows.json`` (issue: the constrained step at DPO's cost).
+# Run:  .venv/bin/python experiments/profile_opener_rows.py          (embedded SmolLM2, ~3 min)
+"""What a constraint's own rows cost, by how the decoder is fed: one training micro-batch of
+each row-reading constraint of the bench's ``primal_dual_openers`` / ``primal_dual_pairs`` rows
+(whole refusals after 8 adversarial prompts, short refusal starts after 8 benign ones, 4
+refusal pairs), and for comparison DPO's own rows (4 quickstart pairs, which the trainer does
+not pack), through `pdalign.policy.logprobs.sequence_logps`, forward and backward: as full
+rows; with each prompt run once and its continuations fed from its KV cache (``shared``, the
+path before packing, `_split_blocks` choosing the calls); and packed as one token trie under a
+tree mask (``packed``, what the trainer does now: the chat header shared by every row, each
+prompt by its continuations, common opener words by their openers). Median of 3 repetitions,
+interleaved; `train.dtype=auto`'s dtype; 2 threads. Writes ``opener_rows/opener_rows.md`` and
+``.json`` (issue: the constrained step at DPO's cost).
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pdalign.policy.logprobs as L  # noqa: E402
-from pdalign.constraints.refusal import RefusalOpeners  # noqa: E402
+from pdalign.constraints.refusal import RefusalOpeners, RefusalPairs  # noqa: E402
+from pdalign.data.features import build_dataset, collate  # noqa: E402
+from pdalign.policy import packing  # noqa: E402
 from pdalign.policy.models import apply_peft, hold_frozen_linears, load_model  # noqa: E402
-from pdalign.policy.precision import autocast, resolve_dtype  # noqa: E402
+from pdalign.policy.precision import autocast, cpu_flags, resolve_dtype  # noqa: E402
 from pdalign.runfiles.atomic import write_text  # noqa: E402
 from pdalign.training.build import Policy  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "opener_rows"
 SHORT = ["I'm sorry", "I can't", "Sorry", "I cannot", "I won't"]  # over_refusal_openers' starts
 
 
@@ -49,38 +54,50 @@ def main(argv: list[str] | None = None) -> int:
                                                                 batch_size=8),
             "over_refusal_openers (short starts)": RefusalOpeners(
                 name="over", epsilon=0.1, prompts="benign", target="comply", whole=False,
-                batch_size=8, openers=SHORT)}
-    rule = L._split_blocks
-    modes = {"full rows": None, "split": lambda w, t: len(w) > 1,
-             "one call": lambda w, t: False, "auto": rule}
+                batch_size=8, openers=SHORT),
+            "refusal_pairs (4 pairs)": RefusalPairs(epsilon=0.2, batch_size=4)}
+    train, _, _ = build_dataset(tok, "builtin:quickstart", max_length=256)
+    modes = {"full rows": {}, "shared": "group", "packed": {"pack": True}}
     rows_out = []
-    for name, c in cons.items():
-        c.bind(policy, seed=0)
-        rows = c.rows("cpu")
-        for mode, split in modes.items():
-            L._split_blocks = split or rule
-            times = []
-            for _ in range(3):
+    for name, c in [*cons.items(), ("preference pairs (4 quickstart pairs)", None)]:
+        if c is None:  # DPO's own rows, which the trainer does not pack
+            rows, group = collate(train[:4], tok.pad_token_id), 2
+        else:
+            c.bind(policy, seed=0)
+            rows, group = c.rows("cpu"), c.rows_per_prompt
+        ids, mask, labels = rows["input_ids"], rows["attention_mask"], rows["labels"]
+        resp = labels[:, 1:] != -100
+        last = [int(r.nonzero().max()) + 1 for r in resp]
+        seqs = [ids[i, :last[i]].tolist() for i in range(ids.shape[0])]
+        nodes = sum(1 + max(max(p) for p in paths)
+                    for _, paths in packing.trie_groups(seqs, packing.PACK_TOKENS))
+        times = {mode: [] for mode in modes}
+        for _ in range(3):
+            for mode, kw in modes.items():
+                kw = {"pairs": ids.shape[0] // group, "group": group} if kw == "group" else kw
                 model.zero_grad(set_to_none=True)
                 t0 = time.perf_counter()
                 with autocast(dtype, "cpu"):
-                    out = L.sequence_logps(model, rows["input_ids"], rows["attention_mask"],
-                                           rows["labels"], pairs=None if split is None else 8,
-                                           group=len(c.opener_ids))
+                    out = L.sequence_logps(model, ids, mask, labels, **kw)
                 t1 = time.perf_counter()
                 out.logps.sum().backward()
-                times.append((t1 - t0, time.perf_counter() - t1))
-            fwd, bwd = sorted(times, key=sum)[1]
-            rows_out.append({"constraint": name, "opener_tokens": [len(o) for o in c.opener_ids],
-                             "rows": list(rows["input_ids"].shape), "mode": mode,
+                times[mode].append((t1 - t0, time.perf_counter() - t1))
+        for mode in modes:
+            fwd, bwd = sorted(times[mode], key=sum)[1]
+            rows_out.append({"constraint": name, "rows": list(ids.shape),
+                             "row_tokens": int(mask.sum()), "trie_nodes": nodes, "mode": mode,
                              "forward_s": fwd, "backward_s": bwd, "total_s": fwd + bwd})
-        L._split_blocks = rule
-    lines = [f"# Opener rows by feeding mode (SmolLM2-135M, LoRA r=16, {dtype}, "
-             f"{args.threads} threads)", "", "Command: `python experiments/profile_opener_rows.py`",
-             "", "| constraint | opener tokens | mode | forward s | backward s | total s |",
-             "|---|---|---|---:|---:|---:|"]
-    lines += [f"| {r['constraint']} | {r['opener_tokens']} | {r['mode']} | {r['forward_s']:.2f} "
-              f"| {r['backward_s']:.2f} | {r['total_s']:.2f} |" for r in rows_out]
+    lines = [f"# Constraint rows by feeding mode (SmolLM2-135M, LoRA r=16, {dtype}, "
+             f"{args.threads} threads, CPU "
+             f"{', '.join(sorted(cpu_flags() & {'avx2', 'avx512_bf16', 'amx_bf16'}))})", "",
+             "Command: `python experiments/profile_opener_rows.py`", "",
+             "| constraint | rows | row tokens | trie nodes | mode | forward s | backward s "
+             "| total s | vs shared |", "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    shared = {r["constraint"]: r["total_s"] for r in rows_out if r["mode"] == "shared"}
+    lines += [f"| {r['constraint']} | {r['rows'][0]}x{r['rows'][1]} | {r['row_tokens']} "
+              f"| {r['trie_nodes']} | {r['mode']} | {r['forward_s']:.2f} | {r['backward_s']:.2f} "
+              f"| {r['total_s']:.2f} | {r['total_s'] / shared[r['constraint']]:.2f} |"
+              for r in rows_out]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text(args.out / "opener_rows.md", "\n".join(lines) + "\n")
     write_text(args.out / "opener_rows.json", json.dumps(rows_out, indent=1) + "\n")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import pdalign.policy.logprobs as logprobs
+from pdalign.policy import packing
 from pdalign.policy.logprobs import sequence_logps, token_logprobs
 from pdalign.policy.models import apply_peft, build_tiny
 
@@ -517,3 +518,64 @@ def test_stop_logps_match_full_log_softmax_for_the_rows_asked(pairs, head):
                                    b if b is not None else torch.zeros_like(a),
                                    rtol=1e-4, atol=1e-5)
     assert sequence_logps(model, ids, mask, labels).stop_logps is None  # not asked: not computed
+
+
+# two prompts with a common head [1, 2] (a chat template's system header), each followed by
+# three continuations of which two share their first token, as an opener constraint's rows
+TRIE_PROMPTS = [[1, 2, 3], [1, 2, 4, 5]]
+TRIE_BLOCKS = [[[20, 21]] * 2, [[20, 22, 23]] * 2, [[24]] * 2]
+
+
+@pytest.mark.parametrize("budget", [None, 6], ids=["one_row", "two_rows"])
+def test_packed_rows_match_full_log_softmax_values_and_gradients(budget, monkeypatch):
+    """Rows packed into a token trie (every shared prefix once, a tree mask, depth as position)
+    give the full rows' log-probs, reference, KL and gradients, with an unrelated extra row
+    among them, in one packed row and cut into two."""
+    if budget:
+        monkeypatch.setattr(packing, "PACK_TOKENS", budget)
+    model = _lora(build_tiny(V, seed=2))
+    ids, mask, labels = _group_batch(TRIE_PROMPTS, TRIE_BLOCKS, extra=[([7, 8], [9, 10, 11])])
+    out = sequence_logps(model, ids, mask, labels, with_kl=True, pack=True)
+    logp, ref, kl, n = _naive(model, ids, mask, labels)
+    assert out.n_tokens.tolist() == n.tolist() == [2, 2, 3, 3, 1, 1, 3]
+    torch.testing.assert_close(out.logps, logp, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.ref_logps, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.kl, kl, rtol=1e-4, atol=1e-6)
+    _assert_same_gradients(model, torch.linspace(-2.0, 3.0, 7), out, logp, kl)
+
+
+@pytest.mark.parametrize("budget,shapes", [(None, [(1, 9)]), (6, [(1, 5), (1, 6)])])
+def test_packed_rows_run_each_shared_prefix_once(budget, shapes, monkeypatch):
+    """The decoder sees the trie's nodes, each row up to its last predicting token: [1 2 3 20]
+    and its branch 22 (5 nodes), then [4 5 20] and 22 under [1 2] (4 more), 9 in all, against 6
+    full rows of 7 tokens. With room for 6 nodes the second prompt's rows start a trie of their
+    own (repeating [1 2]): 5 + 6 positions in two calls, neither padded to the other."""
+    if budget:
+        monkeypatch.setattr(packing, "PACK_TOKENS", budget)
+    model = _lora(build_tiny(V, seed=0))
+    ids, mask, labels = _group_batch(TRIE_PROMPTS, TRIE_BLOCKS)
+    seen = []
+    embed = model.get_base_model().get_input_embeddings()
+    hook = embed.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    sequence_logps(model, ids, mask, labels, pack=True)
+    hook.remove()
+    assert seen == shapes
+
+
+def test_packing_falls_back_where_attention_takes_no_tree_mask():
+    """Eager attention (or left padding) is not packed: the rows take the shared-prompt path
+    the caller named, with the same numbers."""
+    model = _lora(build_tiny(V, seed=0))
+    ids, mask, labels = _group_batch(TRIE_PROMPTS, TRIE_BLOCKS)
+    base = model.get_base_model()
+    assert logprobs._packed_states(model, ids, mask, labels) is not None
+    packed = sequence_logps(model, ids, mask, labels, pack=True).logps
+    base.config._attn_implementation = "eager"
+    try:
+        assert logprobs._packed_states(model, ids, mask, labels) is None
+        shared = sequence_logps(model, ids, mask, labels, pairs=2, group=3, pack=True).logps
+    finally:
+        base.config._attn_implementation = "sdpa"
+    torch.testing.assert_close(shared, packed, rtol=1e-5, atol=1e-4)
+    left = torch.flip(mask, [1])
+    assert logprobs._packed_states(model, ids, left, labels) is None

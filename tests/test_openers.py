@@ -138,22 +138,22 @@ def test_each_prompt_runs_once_for_all_openers_with_the_same_g_and_gradient():
 
 
 def test_shared_prompt_trains_opener_constraints_like_full_rows(tmp_path, monkeypatch):
-    """The trainer passes an opener constraint's rows per prompt (J) to the shared forward:
-    with train.share_prompt true and false the run is the same run (g, lambda, the opening's
-    log-mass, equal to float rounding in fp32; step 2 reads step 1's update, so the surrogates'
-    gradients too). Only training steps are recorded: the held-out evaluation always shares
-    (pairs and the exact opener rows alike), whatever train.share_prompt says."""
+    """The trainer packs an opener constraint's rows (J openers after each of B prompts) into
+    one token trie: with train.share_prompt true and false the run is the same run (g, lambda,
+    the opening's log-mass, equal to float rounding in fp32; step 2 reads step 1's update, so
+    the surrogates' gradients too). Only training steps are recorded: the held-out evaluation
+    always packs the exact opener rows, whatever train.share_prompt says."""
     import pdalign.policy.logprobs
 
-    groups = []
-    original = pdalign.policy.logprobs._shared_prompt_states
+    packed_rows = []
+    original = pdalign.policy.logprobs._packed_states
 
-    def recording(model, input_ids, attention_mask, labels, prompts, group=2):
+    def recording(model, input_ids, attention_mask, labels, budget=None):
         if model.training:
-            groups.append(group)
-        return original(model, input_ids, attention_mask, labels, prompts, group)
+            packed_rows.append(input_ids.shape[0])
+        return original(model, input_ids, attention_mask, labels, budget)
 
-    monkeypatch.setattr(pdalign.policy.logprobs, "_shared_prompt_states", recording)
+    monkeypatch.setattr(pdalign.policy.logprobs, "_packed_states", recording)
     runs = {}
     for share in ("true", "false"):
         cfg = compose(tiny_overrides(
@@ -162,10 +162,11 @@ def test_shared_prompt_trains_opener_constraints_like_full_rows(tmp_path, monkey
         train(cfg, tmp_path / share)
         runs[share] = split_records(read_metrics(tmp_path / share / "metrics.jsonl"))[0]
         if share == "true":
-            openers = {len(instantiate(c).openers) for c in cfg.constraints.values()}
-            assert openers == set(groups) - {2}, (openers, groups)  # J per prompt; 2: the pairs
-            groups.clear()
-    assert not groups  # share_prompt=false never takes the shared path
+            rows = [len(c.openers) * c.batch_size
+                    for c in map(instantiate, cfg.constraints.values())]
+            assert sorted(packed_rows) == sorted(2 * rows), packed_rows  # 2 steps
+            packed_rows.clear()
+    assert not packed_rows  # share_prompt=false never packs
     for a, b in zip(runs["true"], runs["false"], strict=True):
         for c in ("refusal_openers", "over_refusal_openers"):
             for key in (f"g/{c}", f"lambda_next/{c}", f"stat/{c}/log_mass"):

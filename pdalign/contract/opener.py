@@ -157,9 +157,9 @@ class OpenerConstraint(Constraint):
                       batch_size: int | None = None) -> Tensor:
         """Each prompt's exact share of g, (N,) float64 on CPU, in prompt order: 1 - P(x) on the
         wanted side, P(x) on the bounded side, teacher-forced like the training rows, in
-        micro-batches of ``batch_size`` prompts (default the constraint's own): each prompt runs
-        through the decoder once and every opener continues from its cache, as in training
-        (`pdalign.policy.logprobs.sequence_logps` with ``group`` = the openers). Their mean is g
+        micro-batches of ``batch_size`` prompts (default the constraint's own): the chunk's
+        rows packed as one token trie, each shared prefix run once, as in training
+        (`pdalign.policy.logprobs.sequence_logps` with ``pack``). Their mean is g
         on those prompts, the opener-judged rate without sampling noise; the held-out
         ``<set>.opener`` rows bound it (`pdalign.evaluation.bounds.betting_mean_upper`). The
         caller sets eval mode and autocast."""
@@ -174,7 +174,7 @@ class OpenerConstraint(Constraint):
             batch = self._opener_rows(chunk, device)
             logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"],
                                    batch["labels"], pairs=len(chunk),
-                                   group=self.rows_per_prompt).logps
+                                   group=self.rows_per_prompt, pack=True).logps
             out.append(self._log_mass(logps, len(chunk)).exp().clamp(max=1.0).double().cpu())
         p = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
         return 1.0 - p if self.side == "wanted" else p

@@ -159,8 +159,11 @@ class PairConstraint(Constraint):
             for start in range(0, len(self.features), 8):
                 part = self.features[start:start + 8]
                 batch = collate(part, self.pad_id)
+                # packed like the training rows (trainer._micro_batch), so at the start, when
+                # the policy is the reference, the reward gap is 0 to the last bit
                 out = sequence_logps(model, *(batch[k].to(policy.device) for k in
-                                              ("input_ids", "attention_mask", "labels")))
+                                              ("input_ids", "attention_mask", "labels")),
+                                     pack=True)
                 k = len(part)
                 ref.append(torch.stack([out.logps[:k], out.logps[k:]], dim=1).float().cpu())
         self.ref_logps = torch.cat(ref)  # (P, 2)

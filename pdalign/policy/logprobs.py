@@ -20,6 +20,12 @@ at their own positions. Causal attention makes this the same computation as two 
 saved activations, for the policy and again for the reference. ``group=k`` does the same for k
 rows per prompt (an opener constraint's J openers after each of its prompts), in the block
 layout of [chosen ; rejected]: row ``j * pairs + i`` is prompt i's j-th continuation.
+
+``pack=True`` goes further for short continuations (a constraint's opener and pair rows): the
+rows' tokens form one token trie, fed as a packed row in which each token attends to its
+ancestors only, at its depth as position. Every prefix the rows share runs once: the chat
+template's header common to all prompts, each prompt, an opener's first words. No KV cache is
+copied; the price is attention under an explicit (L, L) mask, which long answers do not repay.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from pdalign.policy import packing
 from pdalign.policy.models import has_adapter, reference_mode
 
 # The LM head runs on a chunk of tokens at a time, its logits computed in vocabulary pieces:
@@ -221,6 +228,45 @@ def _continue(decoder, last, p_mask, p_len, r_ids, r_mask, make_cache) -> tuple[
     return (torch.cat(cols, dim=1),)
 
 
+def _packed_states(model, input_ids, attention_mask, labels,
+                   budget: int | None = None) -> ResponseStates | None:
+    """Response hidden states of right-padded rows with every shared token prefix run once:
+    the rows' tokens go into a token trie (the chat template's system header is shared by every
+    row, a prompt by its continuations, an opener's first words by the openers that start with
+    them), fed as one packed row (or several, `packing.PACK_TOKENS`) in which each node attends to
+    ancestors only (a 4D mask), at its depth as position. A node's state depends on its
+    ancestors alone (causal attention, positions by depth), so this is the computation of the
+    full rows, minus every repeated prefix and with no KV cache to copy. None where the
+    decoder's attention takes no custom 4D mask (only ``sdpa`` is used) or a row is not
+    right-padded: the caller takes another path."""
+    decoder, _ = decoder_and_head(model)
+    if getattr(decoder.config, "_attn_implementation", None) != "sdpa":
+        return None
+    n, width = labels.shape
+    lengths = attention_mask.sum(1)
+    cols = torch.arange(width, device=labels.device)
+    if not torch.equal(attention_mask.bool(), cols[None, :] < lengths[:, None]):
+        return None
+    mask, targets, row = response_positions(labels)  # mask (N, T-1): position p predicts p+1
+    # each row up to its last predicting position (padding and a trailing label-less tail cut)
+    last = torch.where(mask.any(1), width - 1 - mask.flip(1).float().argmax(1), 0).tolist()
+    ids = input_ids.tolist()
+    node_of = [[0] * (width - 1) for _ in range(n)]  # (row, position) -> index in the states
+    states, offset = [], 0
+    for members, paths in packing.trie_groups([ids[i][:last[i]] for i in range(n)],
+                                              budget or packing.PACK_TOKENS):
+        tokens, depth, allowed = (t.to(input_ids.device)
+                                  for t in packing.packed_row(ids, members, paths))
+        out = decoder(input_ids=tokens, attention_mask=allowed, position_ids=depth,
+                      use_cache=False)
+        states.append(out.last_hidden_state[0])
+        for i, path in zip(members, paths):
+            node_of[i][:len(path)] = [offset + node for node in path]
+        offset += tokens.shape[1]
+    picked = torch.tensor(node_of, dtype=torch.long, device=input_ids.device)[mask]
+    return ResponseStates(torch.cat(states)[picked], targets, row, mask.sum(1).float())
+
+
 def _drops_kv_cache(model) -> bool:
     """True when a decoder layer would drop the KV cache in this call: transformers turns the
     cache off in layers under activation checkpointing while in training mode."""
@@ -230,7 +276,7 @@ def _drops_kv_cache(model) -> bool:
 
 
 def response_states(model, input_ids, attention_mask, labels, pairs: int | None = None,
-                    group: int = 2) -> ResponseStates:
+                    group: int = 2, pack: bool = False) -> ResponseStates:
     """Hidden states predicting every response token of ``labels`` (N, T).
 
     Args:
@@ -241,8 +287,13 @@ def response_states(model, input_ids, attention_mask, labels, pairs: int | None 
             where transformers drops the KV cache, every row takes a plain forward (same
             numbers).
         group: rows per prompt, k >= 1. Default 2: [chosen ; rejected] pairs.
+        pack: run every shared token prefix of the rows once, in packed rows under a tree
+            mask (`_packed_states`); ``pairs`` and ``group`` are then not needed (where the
+            model's attention takes no custom mask, they apply as without it).
     """
     n = labels.shape[0]
+    if pack and (packed := _packed_states(model, input_ids, attention_mask, labels)) is not None:
+        return packed
     if not pairs or _drops_kv_cache(model):
         mask, targets, row = response_positions(labels)
         h = _hidden_states(model, input_ids, attention_mask)[:, :-1][mask]
@@ -461,7 +512,7 @@ def _stop_logps(st: ResponseStates, weight, stop_ids: Sequence[int], rows: tuple
 def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool = False,
                    with_kl: bool = False, ref_model=None, ref_rows: int | None = None,
                    pairs: int | None = None, group: int = 2, stop_ids: Sequence[int] = (),
-                   stop_rows: tuple[int, int] | None = None) -> SequenceLogps:
+                   stop_rows: tuple[int, int] | None = None, pack: bool = False) -> SequenceLogps:
     """Summed response log-probs per sequence from one forward (differentiable in the policy).
 
     Args:
@@ -482,13 +533,15 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
             reads it, `pdalign.constraints.length.Length`). Default none: not computed.
         stop_rows: (first, end) rows that get ``stop_logps``; the others get zeros. Default:
             all rows.
+        pack: every token prefix the rows share runs once, in packed rows under a tree mask
+            (`response_states`); the same numbers up to float rounding. Default False.
     """
     n = input_ids.shape[0]
     _, head = decoder_and_head(model)
     weight = head.weight  # (V, H)
     if getattr(head, "bias", None) is not None:
         raise NotImplementedError("LM heads with a bias are not supported by sequence_logps")
-    st = response_states(model, input_ids, attention_mask, labels, pairs, group)
+    st = response_states(model, input_ids, attention_mask, labels, pairs, group, pack)
     stop = _stop_logps(st, weight, stop_ids, stop_rows or (0, n), n) if stop_ids else None
     if not (with_ref or with_kl):
         logp, _, _ = token_logprobs(st.h, weight, st.targets)
@@ -498,7 +551,7 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, with_ref: bool =
     ref_pairs = pairs if pairs and r >= group * pairs else None
     with torch.no_grad(), reference_mode(model, ref_model) as ref:
         h_ref = response_states(ref, input_ids[:r], attention_mask[:r], labels[:r], ref_pairs,
-                                group).h
+                                group, pack).h
         weight_ref = decoder_and_head(ref)[1].weight  # a frozen copy's own (untrained) head
     if with_kl:
         logp_a, ref_logp, kl = token_logprobs(
