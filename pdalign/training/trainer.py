@@ -416,7 +416,7 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
         else:  # one process: the rows' own forward at their own width
             # Opener and pair rows are short continuations of a few prompts that share the chat
             # template's header: packed as one token trie (every shared prefix run once, no KV
-            # cache to copy) their forward and backward take 0.54x (two opener constraints) and
+            # cache to copy) their forward and backward take 0.57x (two opener constraints) and
             # 0.73x (pairs) the shared-prompt path's time on SmolLM2
             # (experiments/results/opener_rows/). The preference rows keep that path for now:
             # packed, 4 quickstart pairs took 0.87x there, but long answers pay for the trie in
