@@ -2,8 +2,8 @@
 #       [--extra path/to/run ...] [--keep base_eval.json ...]
 """Copy a sweep's small per-run files into experiments/results/ and report on the copy.
 
-Per run: metrics.jsonl, config.yaml, summary.json, manifest.json, train.log — not checkpoints
-or W&B dirs. ``--extra`` adds runs from elsewhere (the ablation reuses a compare run).
+Per run: metrics.jsonl, posthoc.jsonl (checkpoints evaluated after training), config.yaml,
+summary.json, manifest.json, train.log — not checkpoints or W&B dirs. ``--extra`` adds runs from elsewhere (the ablation reuses a compare run).
 ``--keep`` names files already in the destination to carry over (e.g. base_eval.json). The
 new directory is built beside the destination and swapped in only when complete, so an
 interrupted collect leaves the old results as they were. Then `pdalign.reporting.sweep.write_report`
@@ -20,7 +20,8 @@ from pathlib import Path
 from pdalign.reporting.runs import collect_runs
 from pdalign.reporting.sweep import write_report
 
-RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "manifest.json", "train.log")
+RUN_FILES = ("metrics.jsonl", "posthoc.jsonl", "config.yaml", "summary.json", "manifest.json",
+             "train.log")
 
 
 def collect(sweep: Path, dest: Path, extra: list[Path] = (), keep: list[str] = ()) -> list[Path]:

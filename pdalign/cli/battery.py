@@ -39,7 +39,10 @@ from omegaconf import OmegaConf
 
 from pdalign.cli.common import (
     UsageError,
+    add_ifeval_flags,
+    apply_ifeval_flags,
     device_of,
+    evaluate_base,
     load_run_config,
     locate,
     parse_prompt_overrides,
@@ -50,7 +53,7 @@ from pdalign.cli.common import (
 )
 from pdalign.evaluation.certificate import certificate, render_certificate
 from pdalign.evaluation.heldout import eval_kwargs, evaluate
-from pdalign.evaluation.ifeval import check_ifeval_args, render_table
+from pdalign.evaluation.ifeval import render_table
 from pdalign.training import build
 from pdalign.training.config import CONF_DIR
 
@@ -147,15 +150,8 @@ def run_battery(cfg, constraints, objective, ckpt: Path, *, device, kwargs: dict
                                  progress=progress, samples=out["samples"], **kwargs)
     out["base"] = None
     if with_base:
-        # The base against itself has no KL and no DPO-style implicit reward: it is measured on
-        # samples, and on pairs only by an objective that needs no reference (SimPO, ORPO).
-        sampled = [c for c in constraints if c.judged_prompts() is not None]
-        own = None if objective.needs_reference else objective
-        with policy.reference() as base:
-            out["base"] = evaluate(base, policy.tokenizer, sampled,
-                                   heldout_features=heldout if own is not None else None,
-                                   objective=own, dtype=policy.dtype, device=device,
-                                   progress=progress, samples=out["base_samples"], **kwargs)
+        out["base"] = evaluate_base(policy, constraints, objective, heldout, device=device,
+                                    progress=progress, samples=out["base_samples"], **kwargs)
     out["certificate"] = certificate(out["checkpoint"])
     out["base_certificate"] = certificate(out["base"]) if out["base"] is not None else []
     return out
@@ -183,13 +179,6 @@ def render(result: Mapping[str, Any], *, title: str, worst: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _check_ifeval(n, max_new_tokens, n_name: str, tokens_name: str) -> None:
-    try:
-        check_ifeval_args(n, max_new_tokens, n_name=n_name, tokens_name=tokens_name, off_ok=True)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``pdalign-battery``: base vs checkpoint on several prompt sets, certificate, worst
     responses; exit 1 on a FAIL with ``--fail-on-violation``."""
@@ -210,11 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, help="default: eval.max_new_tokens")
     parser.add_argument("--confidence", type=float, help="default: eval.confidence")
     parser.add_argument("--seed", type=int, help="sampling seed; default eval.seed")
-    parser.add_argument("--ifeval", type=int, metavar="N", help="also score N IFEval prompts "
-                        "(1..541, greedy; 0 = off) on the checkpoint and the base; default "
-                        "eval.ifeval_prompts, which is 0 unless the run set it")
-    parser.add_argument("--ifeval-max-new-tokens", type=int, metavar="T",
-                        help="IFEval budget per response; default eval.ifeval_max_new_tokens")
+    add_ifeval_flags(parser, "the checkpoint and the base")
     parser.add_argument("--worst", type=int, default=3, help="responses shown per set (3)")
     parser.add_argument("--no-base", action="store_true", help="skip the base model")
     parser.add_argument("--fail-on-violation", action="store_true",
@@ -230,9 +215,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--worst {args.worst}: must be >= 0")
         if args.prompts_per_set is not None and args.prompts_per_set < 1:
             raise UsageError(f"--prompts-per-set {args.prompts_per_set}: must be >= 1")
-        _check_ifeval(0 if args.ifeval is None else args.ifeval,
-                      1 if args.ifeval_max_new_tokens is None else args.ifeval_max_new_tokens,
-                      "--ifeval", "--ifeval-max-new-tokens")
         ckpt, config, run_dir = locate(args.run_dir, args.checkpoint, args.config)
         names = [n.strip() for n in (args.constraints or "").split(",") if n.strip()]
         tmp_config = add_shipped_constraints(config, names)
@@ -247,12 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("prompts_per_set", "max_new_tokens", "confidence", "seed"):
             if getattr(args, key) is not None:
                 kwargs[key] = getattr(args, key)
-        for key, flag in (("ifeval_prompts", "ifeval"), ("ifeval_max_new_tokens",
-                                                         "ifeval_max_new_tokens")):
-            if getattr(args, flag) is not None:
-                kwargs[key] = getattr(args, flag)
-        _check_ifeval(kwargs.get("ifeval_prompts", 0), kwargs.get("ifeval_max_new_tokens", 1),
-                      "eval.ifeval_prompts", "eval.ifeval_max_new_tokens")
+        apply_ifeval_flags(args, kwargs)
     except UsageError as err:
         return usage_error("pdalign-battery", err)
     finally:

@@ -20,6 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from pdalign.contract.prompts import resolve_prompts
+from pdalign.evaluation.heldout import evaluate
+from pdalign.evaluation.ifeval import check_ifeval_args
 from pdalign.runfiles.atomic import atomic_open
 from pdalign.training import build
 from pdalign.training.checkpoint import checkpoints
@@ -122,6 +124,53 @@ def parse_prompt_overrides(items: Sequence[str], known: Iterable[str], flag: str
             raise UsageError(str(err)) from err
         out.setdefault(c, {})[s] = path
     return out
+
+
+def add_ifeval_flags(parser, scored: str) -> None:
+    """``--ifeval N`` and ``--ifeval-max-new-tokens T`` (``scored``: what is scored, for --help)."""
+    parser.add_argument("--ifeval", type=int, metavar="N", help="also score N IFEval prompts "
+                        f"(1..541, greedy; 0 = off) on {scored}; default eval.ifeval_prompts, "
+                        "which is 0 unless the run set it")
+    parser.add_argument("--ifeval-max-new-tokens", type=int, metavar="T",
+                        help="IFEval budget per response; default eval.ifeval_max_new_tokens")
+
+
+def apply_ifeval_flags(args, kwargs: dict) -> None:
+    """Put ``--ifeval`` / ``--ifeval-max-new-tokens`` over the run's ``eval.ifeval_*`` in the
+    `evaluate` keyword arguments; UsageError naming the flag (or config key) when out of range."""
+    def check(n, tokens, n_name, tokens_name):
+        try:
+            check_ifeval_args(n, tokens, n_name=n_name, tokens_name=tokens_name, off_ok=True)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+    check(0 if args.ifeval is None else args.ifeval,
+          1 if args.ifeval_max_new_tokens is None else args.ifeval_max_new_tokens,
+          "--ifeval", "--ifeval-max-new-tokens")
+    for key, flag in (("ifeval_prompts", "ifeval"), ("ifeval_max_new_tokens",
+                                                     "ifeval_max_new_tokens")):
+        if getattr(args, flag) is not None:
+            kwargs[key] = getattr(args, flag)
+    check(kwargs.get("ifeval_prompts", 0), kwargs.get("ifeval_max_new_tokens", 1),
+          "eval.ifeval_prompts", "eval.ifeval_max_new_tokens")
+
+
+def evaluate_base(policy, constraints, objective, heldout, *, device, progress: bool = True,
+                  samples: dict | None = None, **kwargs) -> dict:
+    """`evaluate` the policy's base (its adapter disabled, or the run's base beside a full model):
+    what training started from, on the same prompts and sampling seed as the checkpoint.
+
+    The base against itself has no KL and no DPO-style implicit reward, so it is measured on
+    samples (the rollout and opener constraints, IFEval) and on held-out pairs only by an
+    objective that needs no reference (SimPO, ORPO).
+    """
+    sampled = [c for c in constraints if c.judged_prompts() is not None]
+    own = None if objective is None or objective.needs_reference else objective
+    with policy.reference() as base:
+        return evaluate(base, policy.tokenizer, sampled,
+                        heldout_features=heldout if own is not None else None, objective=own,
+                        dtype=policy.dtype, device=device, progress=progress, samples=samples,
+                        **kwargs)
 
 
 def restore_calibration(constraints, ckpt: Path) -> None:

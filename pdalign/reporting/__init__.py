@@ -13,6 +13,8 @@ What the report reads, and nothing else (keys as the trainer and evaluator log t
   ``signal/<c>/{spread,at_budget,flat_rollouts,silent_when_flat}``
   (`pdalign.runfiles.metrics.signal_key`; runs without them report as before);
 - evaluation records: ``eval/pref_accuracy`` and ``eval/<c>/<s>/{value,eps,pass,violation}``;
+- ``posthoc.jsonl``, where present: records of the same form for checkpoints evaluated
+  after training (``pdalign-eval --record``), read after ``metrics.jsonl``;
 - ``summary.json``: ``wall_time_s``; ``manifest.json``: ``data_hashes``;
 - ``config.yaml``: ``method.name``, ``method.objective``, ``seed``, ``dual.lambda_max``,
   ``constraints.<c>.lambda_max``, ``train.rollout.no_signal_after``.

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import numpy as np
 from omegaconf import OmegaConf
 
-from pdalign.runfiles.metrics import read_metrics
+from pdalign.runfiles.metrics import POSTHOC, read_metrics
 
 # Runs sit one level under a Hydra sweep dir, two under its parent, but the sweep subdir is
 # ${hydra.job.override_dirname}: an override holding a path (data.train=/a/b.jsonl) nests the
@@ -194,7 +194,9 @@ def collect_runs(root: str | Path, max_depth: int = MAX_DEPTH) -> list[Run]:
 
     Runs are the directories at depth ≤ ``max_depth`` (the root itself included) holding
     ``metrics.jsonl``; hidden dirs, ``wandb/`` and a run's subdirs are not searched.
-    Undecodable lines (a crash tears the last one) are skipped.
+    Undecodable lines (a crash tears the last one) are skipped. A run's ``posthoc.jsonl``
+    (checkpoints evaluated after training, ``pdalign-eval --record``) adds its records after
+    the log's, so a step evaluated both ways reports the later evaluation.
 
     Args:
         root: the multirun directory (Hydra's ``hydra.sweep.dir``) or its parent.
@@ -217,6 +219,8 @@ def collect_runs(root: str | Path, max_depth: int = MAX_DEPTH) -> list[Run]:
     for d in sorted(found):
         config = _read_config(d)
         records = [r for r in read_metrics(d / "metrics.jsonl") if isinstance(r, dict)]
+        if (d / POSTHOC).is_file():  # checkpoints evaluated after training: read after the log
+            records += [r for r in read_metrics(d / POSTHOC) if isinstance(r, dict)]
         runs.append(Run(path=d, name=str(d.relative_to(root)), config=config, records=records,
                         summary=_read_json(d / "summary.json"),
                         manifest=_read_json(d / "manifest.json"), label=method_label(config)))

@@ -109,6 +109,22 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+# Evaluations of a run's checkpoints made after training (``pdalign-eval --record``): records
+# like metrics.jsonl's (``step`` + ``eval/...`` keys), kept apart so the training log is never
+# rewritten; the report reads them after it (`pdalign.reporting.runs.collect_runs`).
+POSTHOC = "posthoc.jsonl"
+
+
+def append_record(path: str | Path, record: dict[str, Any]) -> None:
+    """Add one JSON record as the last line of ``path`` (created if missing), atomically: the
+    old lines and the new one go to a temp file that replaces ``path``."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    write_text(path, old + json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+
+
 def truncate_metrics(path: str | Path, last_step: int) -> int:
     """Drop the records of ``path`` logged after ``last_step`` (and a torn last line);
     returns how many were dropped. The file is replaced atomically."""
