@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,34 @@ def test_record_needs_a_step_n_checkpoint(run, tmp_path, capsys):
                       "--record"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--record:" in err and "RUN/checkpoints/step-N" in err
+
+
+def test_the_sweep_script_measures_the_base_once_and_resumes(finished, tmp_path, capsys):
+    """experiments/posthoc_eval.py on two runs of one setup: IFEval on each final checkpoint,
+    the base measured in the first and copied (sampled keys only) to the second, and a second
+    call that finds everything recorded and adds nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("posthoc_eval",
+                                                  Path(__file__).resolve().parent.parent / "experiments" / "posthoc_eval.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    sweep = tmp_path / "sweep"
+    for name in ("0-orpo-seed0", "1-orpo-seed1"):
+        shutil.copytree(finished, sweep / name)
+    argv = [str(sweep), "--ifeval", "2", "--base"]
+    assert script.main(argv) == 0
+    first, second = (read_metrics(sweep / n / POSTHOC) for n in ("0-orpo-seed0", "1-orpo-seed1"))
+    assert [r["step"] for r in first] == [2, 0] and [r["step"] for r in second] == [2, 0]
+    measured, copied = first[1], second[1]
+    assert measured["posthoc"] == "base (adapter disabled)"
+    assert copied["posthoc"] == "copied: base (adapter disabled), measured in 0-orpo-seed0"
+    assert "eval/reward_margin" in measured and "eval/reward_margin" not in copied
+    assert {k: v for k, v in measured.items() if k not in ("posthoc", "eval/reward_margin",
+                                                           "eval/pref_accuracy",
+                                                           "eval/n_pairs")} == {
+        k: v for k, v in copied.items() if k != "posthoc"}
+    assert "base record copied from 0-orpo-seed0" in capsys.readouterr().out
+    assert script.main(argv) == 0  # resumed: nothing left to measure
+    assert [len(read_metrics(sweep / n / POSTHOC)) for n in ("0-orpo-seed0", "1-orpo-seed1")] \
+        == [2, 2]
