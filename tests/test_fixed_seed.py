@@ -40,15 +40,15 @@ EVAL_KEYS = ("eval/pref_accuracy", "eval/reward_margin", "eval/n_pairs", "eval/k
              "eval/over_refusal_openers/shifted.opener/")
 
 
-def run_all(out: Path) -> dict:
+def run_all(out: Path, *extra: str) -> dict:
     """{run: {"train": [record per step], "eval": [record per evaluation]}}, the deterministic
-    keys only (timings and sampled held-out rates left out)."""
+    keys only (timings and sampled held-out rates left out); ``extra`` overrides every run."""
     from pdalign.runfiles.metrics import read_metrics, split_records
     from pdalign.training.trainer import train
 
     result = {}
     for name, overrides in RUNS.items():
-        train(compose(tiny_overrides(*overrides, *COMMON)), out / name)
+        train(compose(tiny_overrides(*overrides, *COMMON, *extra)), out / name)
         rows, evals = split_records(read_metrics(out / name / "metrics.jsonl"))
         result[name] = {
             "train": [{k: v for k, v in r.items() if k == "step" or k.startswith(TRAIN_KEYS)}
@@ -65,6 +65,29 @@ def test_fixed_seed_tiny_runs_match_the_recorded_values(tmp_path):
     pd = got["primal_dual"]["train"]
     assert pd[-1]["lambda_next/refusal_openers"] > 0  # the multipliers moved: not a trivial run
     assert got["dpo"]["eval"][-1]["eval/pref_accuracy"] > 0
+
+
+def test_packed_preference_rows_give_the_recorded_values(tmp_path, monkeypatch):
+    """train.pack_pairs=true: the [chosen ; rejected] rows go through the token trie, and both
+    runs still match the values recorded on the shared-prompt path."""
+    import pdalign.policy.logprobs as logprobs
+
+    original, packed_rows = logprobs._packed_states, []
+
+    def recording(model, input_ids, attention_mask, labels):
+        out = original(model, input_ids, attention_mask, labels)
+        if out is not None and model.training:
+            packed_rows.append(int(input_ids.shape[0]))
+        return out
+
+    monkeypatch.setattr(logprobs, "_packed_states", recording)
+    got = run_all(tmp_path, "train.pack_pairs=true")
+    assert_tree_close(got, json.loads(REFERENCE.read_text())["runs"], rel=rel_tol(torch.float32),
+                      abs=1e-6)
+    batch = compose(tiny_overrides(*COMMON)).train.batch_size
+    # the DPO run's 4 steps, each one packed forward of its 2 x batch preference rows (the
+    # primal-dual run adds its own, and its opener and pair rows)
+    assert packed_rows.count(2 * batch) >= 2 * 4, packed_rows
 
 
 if __name__ == "__main__":

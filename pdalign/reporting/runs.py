@@ -27,7 +27,7 @@ MAX_DEPTH = 8
 # e.g. "primal_dual(dpo) [dual.lr=0.1]".
 NON_DEFINING_KEYS = ("seed", "logging.", "hydra.", "train.resume", "train.threads",
                      "train.ref_cache_dir", "train.activation_checkpointing",
-                     "train.share_prompt")
+                     "train.share_prompt", "train.pack_pairs")
 
 
 _NO_RUNS = "no runs found under {root}: expected subdirectories with metrics.jsonl (a Hydra " \

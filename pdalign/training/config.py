@@ -94,6 +94,7 @@ RANGES: dict[str, tuple] = {
     "train.optimizer": (OPTIMIZERS, None, "the optimizer; the 8-bit ones need bitsandbytes"),
     "train.threads": ("integer", ">= 0", "torch CPU threads; 0 = torch's default"),
     "train.share_prompt": ((True, False, "auto"), None, "run each shared prompt once"),
+    "train.pack_pairs": ("boolean", None, "the preference rows as one token trie"),
     "train.sharding": (("ddp", "fsdp2"), None, "how the ranks hold the model"),
     "train.precompute_ref_logps": ("boolean", None, "cache reference log-probs on disk"),
     "train.hold_frozen_in_dtype": ("boolean", None, "frozen base weights in the compute dtype"),

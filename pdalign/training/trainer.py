@@ -216,6 +216,7 @@ class Setup:
     needs_kl: bool  # some trained constraint reads the exact KL of the preference rows
     share_prompt: bool  # each pair's (opener rows') prompt runs once (train.share_prompt)
     shared_forward: bool  # rollout rows join the pairs' forward (one forward per backward: DDP)
+    pack_pairs: bool = False  # the preference rows as one token trie (train.pack_pairs)
     sharded: bool = False  # FSDP2 (train.sharding=fsdp2): every rank runs the evaluation too
     warned: set = field(default_factory=set)  # constraints already warned about as stalled
 
@@ -327,7 +328,9 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
               # One process: rollout rows get a forward of their own at their own width (~half
               # the pairs' here). Under DDP one forward per backward is required, so they share
               # the pairs' forward there; FSDP2 has no such rule.
-              shared_forward=world > 1 and not sharded, sharded=sharded)
+              shared_forward=world > 1 and not sharded, sharded=sharded,
+              # under DDP the extra rows join the pairs' forward, laid out by row blocks
+              pack_pairs=bool(tcfg.get("pack_pairs", False)) and not (world > 1 and not sharded))
     return s, state
 
 
@@ -378,8 +381,8 @@ def _micro_batch(s: Setup, state: TrainState, batch: dict):
             mask = _pad_cat(mask, rows["attention_mask"], 0)
             labels = _pad_cat(labels, rows["labels"], -100)
     out = s.forward(ids, mask, labels, ref_rows=2 * b if s.ref_in_step else 0,
-                    with_kl=s.needs_kl,
-                    pairs=b if s.share_prompt else None, **shared_stop)
+                    with_kl=s.needs_kl, pairs=b if s.share_prompt else None,
+                    pack=s.pack_pairs, **shared_stop)
     # the batch's two row blocks: (chosen, rejected) pairs, or KTO's (completion, kl) rows
     first, second = getattr(s.objective, "row_names", ("chosen", "rejected"))
     pref = {f"{first}_logps": out["logps"][:b], f"{second}_logps": out["logps"][b:2 * b],
