@@ -14,7 +14,8 @@ Sources, all under experiments/results/:
 - ``compare/``: the compare sweep (runs, ``report.csv``, ``paired.csv``, plots) and
   ``base_eval.json``, the held-out evaluation of the untrained model;
 - ``ablation/``: the SmolLM2 dual-rule x lambda-cap runs;
-- ``iterative/``: the iterative on-policy constrained DPO run (its round files).
+- ``iterative/``: the iterative on-policy constrained DPO run (its round files);
+- ``drift_toxicity/``: the toxicity drift scenario, Section 5 (`paper/drift.py`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from pdalign.runfiles.metrics import eval_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 from bench_step import read_kinds  # noqa: E402  (the one parser of bench.json)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from drift import check_drift_claims, drift_runs, drift_values  # noqa: E402,F401  (Section 5)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -847,6 +851,7 @@ def values(results: Path = RESULTS) -> dict[str, str]:
     out.update(study_values(results / "study", results))
     out.update(curve_values(results / "study_curve"))
     out.update(iterative_compare_values(results))
+    out.update(drift_values(results))
     return out
 
 
@@ -854,6 +859,7 @@ def check_claims(results: Path = RESULTS) -> None:
     """Raise AssertionError when the numbers contradict a direction the paper's text states."""
     check_study_claims(results)
     check_iterative_claims(results)
+    check_drift_claims(results)
     paired = {(p["method"], p["metric"]): p
               for p in _read_csv(results / "compare" / "paired.csv")}
     for method, _ in PAIRS:

@@ -197,3 +197,49 @@ def test_a_contradicted_curve_claim_stops_the_build(tmp_path):
     with pytest.raises(AssertionError, match="both shifted rows pass"):
         paper_build.build(tmp_path / "paper.md", results)
     assert not (tmp_path / "paper.md").exists()
+
+
+def test_drift_rows_come_from_each_runs_records_and_posthoc_evaluations(text):
+    """Section 5: each run's last held-out toxicity and KL, IFEval from its posthoc.jsonl, and
+    the step-0 curve cell from the base records (the base model, evaluated after training)."""
+    runs = paper_build.drift_runs(RESULTS / "drift_toxicity")
+    assert runs
+    lines = text.splitlines()
+    for (label, seed), run in runs.items():
+        line = next(x for x in lines if x.startswith(f"| {label} s{seed} |"))
+        for c in ("toxicity", "kl_budget"):
+            value, upper = (run.final(f"eval/{c}/id/{f}") for f in ("value", "upper"))
+            passes = run.final(f"eval/{c}/id/pass") == 1.0
+            assert f"{value:.3f} ({upper:.3f})" + (" **P**" if passes else "") in line, c
+        posthoc = [json.loads(x) for x in
+                   (run.path / "posthoc.jsonl").read_text().splitlines()]
+        (ifeval,) = [r for r in posthoc if r["step"] == run.last_step
+                     and "eval/ifeval/prompt_strict" in r]
+        assert (f"| {ifeval['eval/ifeval/prompt_strict']:.3f} / "
+                f"{ifeval['eval/ifeval/instruction_strict']:.3f} |") in line
+        (base,) = [r for r in posthoc if r["step"] == 0]
+        assert base["posthoc"].endswith("base (adapter disabled)") or "measured in" in \
+            base["posthoc"]
+    bases = {json.loads(x)["eval/toxicity/id/value"] for r in runs.values()
+             for x in (r.path / "posthoc.jsonl").read_text().splitlines()
+             if json.loads(x)["step"] == 0}
+    assert len(bases) == 1, "one base model, one step-0 value in every run"
+    dpo = next(x for x in lines if x.startswith("| dpo | ") and "(" in x and "of" not in x)
+    assert dpo.split("|")[2].strip().startswith(f"{bases.pop():.3f} ")
+
+
+def test_a_contradicted_drift_claim_stops_the_build(tmp_path):
+    """The text says every DPO seed fails the toxicity certificate; make seed 0's pass."""
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)
+    path = results / "drift_toxicity" / "0-dpo-dpo-seed0" / "metrics.jsonl"
+    lines = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if "eval/toxicity/id/pass" in record:
+            record["eval/toxicity/id/pass"] = 1.0
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AssertionError, match="dpo seed 0 passes toxicity"):
+        paper_build.build(tmp_path / "paper.md", results)
+    assert not (tmp_path / "paper.md").exists()
