@@ -147,6 +147,8 @@ TRAINERS = {
         "pdalign", "primal_dual", constraints=OPENER_CONSTRAINTS,
         extra=("train.hold_frozen_in_dtype=false",)),
     "trl_dpo_qlora": Trainer("trl", "dpo", qlora=True),
+    "dpo_packed": Trainer("pdalign", "dpo", extra=("train.pack_pairs=true",)),
+    "orpo_packed": Trainer("pdalign", "orpo", floor="orpo", extra=("train.pack_pairs=true",)),
 }
 # Matmul passes of 2*N*T per step: forward, LoRA backward (~ one forward), reference forward.
 FLOOR_PASSES = {"dpo": 3, "orpo": 2, "dpo_precomputed": 2}
@@ -174,6 +176,9 @@ NOTES = {
                          "fp32)",
     "primal_dual_openers_cast_each_use": "train.hold_frozen_in_dtype=false (the lever's off "
                                          "state)",
+    "dpo_packed": "train.pack_pairs=true: [chosen ; rejected] as one token trie (the lever's "
+                  "on state; off by default)",
+    "orpo_packed": "train.pack_pairs=true (the lever's on state)",
     "trl_dpo_qlora": "nf4 + double quant base, optim=adamw_bnb_8bit; adapters cast back to the "
                      "dtype rule's dtype after TRL's bf16 cast",
 }
@@ -209,6 +214,9 @@ EXTRA_PAIRS = {
     "primal_dual_openers_time_vs_cast_each_use": ("primal_dual_openers",
                                                   "primal_dual_openers_cast_each_use",
                                                   "s_per_step"),
+    "dpo_packed_time_vs_dpo": ("dpo_packed", "dpo", "s_per_step"),
+    "dpo_packed_peak_rss_vs_dpo": ("dpo_packed", "dpo", "peak_rss_mb"),
+    "orpo_packed_time_vs_orpo": ("orpo_packed", "orpo", "s_per_step"),
     # on a GPU the memory that limits a run is the device's (absent on CPU runs)
     "dpo_peak_gpu_vs_trl": ("dpo", "trl_dpo", "peak_gpu_mb"),
     "orpo_peak_gpu_vs_trl": ("orpo", "trl_orpo", "peak_gpu_mb"),

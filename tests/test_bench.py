@@ -157,11 +157,14 @@ def test_recompute_row_differs_from_dpo_only_by_activation_checkpointing(tmp_pat
     ("dpo", "train.hold_frozen_in_dtype=false", "hold_frozen_in_dtype", True, False),
     ("primal_dual_openers", "train.hold_frozen_in_dtype=false", "hold_frozen_in_dtype", True,
      False),
+    ("dpo", "train.pack_pairs=true", "pack_pairs", False, True),  # here "off" = packed
+    ("orpo", "train.pack_pairs=true", "pack_pairs", False, True),
 ])
 def test_a_lever_off_row_differs_from_its_row_only_by_the_lever(tmp_path, on, extra, key,
                                                                  on_value, off_value):
     bench = _load_bench()
-    off = {"train.share_prompt=false": f"{on}_unshared"}.get(extra, f"{on}_cast_each_use")
+    off = {"train.share_prompt=false": f"{on}_unshared",
+           "train.pack_pairs=true": f"{on}_packed"}.get(extra, f"{on}_cast_each_use")
     base = {"model": "tiny", "qlora": False, "data_path": str(tmp_path / "d.jsonl"),
             "warmup": 1, "steps": 1, "batch": 2, "threads": 1, "precompute": False,
             "work_dir": str(tmp_path)}
