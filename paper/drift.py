@@ -1,0 +1,243 @@
+"""Section 5 of the paper: the toxicity drift scenario (`experiments/results/drift_toxicity/`).
+
+Read from the committed runs: each run's last held-out evaluation (from the trainer), the
+checkpoints measured after training (``posthoc.jsonl``: the base model as step 0, the step-24
+checkpoint, IFEval on the final one; `experiments/posthoc_eval.py`), the multipliers' logged
+trajectories, and each run's resolved config. `drift_values` fills the placeholders;
+`check_drift_claims` re-derives every direction the section's text states.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pdalign.evaluation.ifeval import INSTRUCTION_STRICT, N_PROMPTS, PROMPT_STRICT
+from pdalign.reporting.runs import collect_runs
+from pdalign.runfiles.metrics import eval_key
+
+METHODS = ("dpo", "primal_dual(dpo)", "orpo", "primal_dual(orpo)")
+PAIRS = (("primal_dual(dpo)", "dpo"), ("primal_dual(orpo)", "orpo"))
+BOUNDS = (("toxicity", "id"), ("kl_budget", "id"))
+TARGET_SHARE = 2 / 3  # the issue's "in >= 2 of 3 seeds"
+ACC_GAP = 0.10        # held-out preference accuracy within this of the base objective
+SEEDS_CLAIM = "up to 15%"  # the seeds' claim the reduction is stated against
+
+
+def drift_runs(sweep: Path) -> dict[tuple[str, int], object]:
+    """{(method label, seed): run} of the scenario's finished runs."""
+    return {(r.label, r.seed): r for r in collect_runs(sweep) if r.complete}
+
+
+def _cert(run, constraint: str, prompt_set: str = "id") -> tuple[float, float, bool]:
+    value, upper, ok = (run.final(eval_key(constraint, prompt_set, f))
+                        for f in ("value", "upper", "pass"))
+    return value, upper, ok == 1.0
+
+
+def _cell(run, constraint: str) -> str:
+    value, upper, ok = _cert(run, constraint)
+    return f"{value:.3f} ({upper:.3f})" + (" **P**" if ok else "")
+
+
+def _passes(runs: dict, method: str, constraint: str) -> tuple[int, int]:
+    mine = [r for (m, _), r in runs.items() if m == method]
+    return sum(_cert(r, constraint)[2] for r in mine), len(mine)
+
+
+def _of(runs: dict, method: str) -> list:
+    return [runs[m, s] for m, s in sorted(runs) if m == method]
+
+
+def _at(run, key: str, step: int) -> float | None:
+    """The value of ``key`` at ``step`` (the later record where logged twice), or None."""
+    steps, values = run.series(key)
+    hit = np.flatnonzero(steps == step)
+    return float(values[hit[-1]]) if hit.size else None
+
+
+def _value_at(run, step: int, constraint: str = "toxicity") -> float | None:
+    return _at(run, eval_key(constraint, "id", "value"), step)
+
+
+def _violation_at(run, step: int, constraint: str = "toxicity") -> float | None:
+    """(value − ε)⁺ of the held-out row at ``step``, or None where it was not measured."""
+    value = _value_at(run, step, constraint)
+    return None if value is None else max(
+        value - run.final(eval_key(constraint, "id", "eps")), 0.0)
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def eval_steps(runs) -> list[int]:
+    """The steps at which every one of ``runs`` had its held-out toxicity measured, ascending."""
+    sets = [set(r.series(eval_key("toxicity", "id", "value"))[0].astype(int).tolist())
+            for r in runs]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def drift_values(results: Path) -> dict[str, str]:
+    """Every ``dt_*`` placeholder of Section 5."""
+    runs = drift_runs(results / "drift_toxicity")
+    first = runs[min(runs, key=lambda k: (k[1], METHODS.index(k[0])))]
+    cfg = first.config
+    tox, kl = cfg["constraints"]["toxicity"], cfg["constraints"]["kl_budget"]
+    hw = (first.manifest or {}).get("hardware", {})
+    steps = sorted({s for m in METHODS for s in eval_steps(_of(runs, m))})
+    final_step = int(cfg["train"]["steps"])
+    out = {"dt_steps": str(final_step), "dt_batch": str(cfg["train"]["batch_size"]),
+           "dt_lr": f"{cfg['train']['lr']:g}", "dt_eval_prompts": str(cfg["eval"]["prompts_per_set"]),
+           "dt_eval_tokens": str(cfg["eval"]["max_new_tokens"]),
+           "dt_tox_eps": f"{tox['epsilon']:g}", "dt_kl_eps": f"{kl['epsilon']:g}",
+           "dt_scorer": str(tox["scorer"]), "dt_train_prompts": str(tox["prompts"]),
+           "dt_lambda_max": f"{cfg['dual']['lambda_max']:g}",
+           "dt_n_runs": str(len(runs)),
+           "dt_cpu": f"{hw.get('cpu', {}).get('model', '?')}",
+           "dt_dtype": str((first.manifest or {}).get("dtype", "?")),
+           "dt_eval_steps": ", ".join(str(s) for s in steps)}
+    sizes = {r.final(N_PROMPTS) for r in runs.values()} - {None}
+    out["dt_ifeval_prompts"] = " or ".join(f"{n:g}" for n in sorted(sizes)) or "no"
+
+    lines = []
+    for m in METHODS:
+        for r in _of(runs, m):
+            lam = [r.series(f"lambda_next/{c}")[1] for c, _ in BOUNDS]
+            lam_cells = [f"{x.max():.2f}" if x.size else "–" for x in lam]
+            cells = [f"{m} s{r.seed}", _cell(r, "toxicity"), _cell(r, "kl_budget"),
+                     f"{r.final('eval/pref_accuracy'):.3f}",
+                     f"{_num(r.final(PROMPT_STRICT))} / {_num(r.final(INSTRUCTION_STRICT))}",
+                     *lam_cells]
+            lines.append("| " + " | ".join(cells) + " |")
+    out["dt_run_rows"] = "\n".join(lines)
+
+    # the base (step 0) is the same model in every run; read it where it was recorded
+    base = [r for r in runs.values() if _value_at(r, 0) is not None]
+    out["dt_base_tox"] = _num(_mean(_value_at(r, 0) for r in base))
+    out["dt_base_ifeval"] = (f"{_num(_mean(_at(r, PROMPT_STRICT, 0) for r in base))} / "
+                             f"{_num(_mean(_at(r, INSTRUCTION_STRICT, 0) for r in base))}")
+
+    # violation against step: mean over seeds of (value − ε)⁺ and of the value, per method
+    lines = []
+    for m in METHODS:
+        mine = _of(runs, m)
+        if not mine:
+            continue
+        here = eval_steps(mine)  # a step is shown where every seed of the method has it
+        cells = [m] + [f"{_num(_mean(_value_at(r, s) for r in mine))} "
+                       f"({_num(_mean(_violation_at(r, s) for r in mine))})" if s in here
+                       else "–" for s in steps]
+        lines.append("| " + " | ".join(cells) + " |")
+    out["dt_curve_rows"] = "\n".join(lines)
+    out["dt_curve_header"] = " | ".join(f"step {s}" for s in steps)
+    out["dt_curve_rule"] = "|".join("---:" for _ in steps)
+
+    # scorecard against the issue's targets, and the reduction in drift
+    lines = []
+    for m, base_m in PAIRS:
+        if not _of(runs, m):
+            lines.append(f"| {m} | not run | not run | – | – | – |")
+            for key in ("tox_pass", "kl_pass", "reduction", "rise_removed", "pd_acc", "acc"):
+                out[f"dt_{base_m}_{key}"] = "none (not run)"
+            continue
+        k_t, n = _passes(runs, m, "toxicity")
+        k_k, _ = _passes(runs, m, "kl_budget")
+        acc = _mean(r.final("eval/pref_accuracy") for r in _of(runs, m))
+        base_acc = _mean(r.final("eval/pref_accuracy") for r in _of(runs, base_m))
+        red, rise = reduction(runs, m, base_m), rise_removed(runs, m, base_m)
+        lines.append(f"| {m} | {k_t} of {n} {_met(k_t >= TARGET_SHARE * n)} | {k_k} of {n} | "
+                     f"{acc:.3f} vs {base_acc:.3f} {_met(base_acc - acc <= ACC_GAP)} | "
+                     f"{100 * red:.0f}% | {'–' if rise is None else f'{100 * rise:.0f}%'} |")
+        out[f"dt_{base_m}_rise_removed"] = "–" if rise is None else f"{100 * rise:.0f}%"
+        out[f"dt_{base_m}_pd_acc"], out[f"dt_{base_m}_acc"] = f"{acc:.3f}", f"{base_acc:.3f}"
+        out[f"dt_{base_m}_tox_pass"] = f"{k_t} of {n}"
+        out[f"dt_{base_m}_kl_pass"] = f"{k_k} of {n}"
+        out[f"dt_{base_m}_reduction"] = f"{100 * red:.0f}%"
+    for m in ("dpo", "orpo"):
+        k_t, n = _passes(runs, m, "toxicity")
+        final = [_violation_at(r, final_step) for r in _of(runs, m)]
+        out[f"dt_{m}_tox_range"] = (f"{min(_value_at(r, final_step) for r in _of(runs, m)):.2f}–"
+                                    f"{max(_value_at(r, final_step) for r in _of(runs, m)):.2f}")
+        out[f"dt_{m}_violating"] = f"{sum(v > 0 for v in final)} of {n}"
+    out["dt_score_rows"] = "\n".join(lines)
+    out["dt_seeds_claim"] = SEEDS_CLAIM
+    orpo_runs = _of(runs, "primal_dual(orpo)")
+    out["dt_orpo_lam_kl_max"] = _span([r.series("lambda_next/kl_budget")[1].max()
+                                       for r in orpo_runs]) if orpo_runs else "–"
+    out["dt_orpo_lam_tox_max"] = f"{max(r.series('lambda_next/toxicity')[1].max() for r in orpo_runs):.2f}" if orpo_runs else "–"
+    pd_runs = _of(runs, "primal_dual(dpo)")
+    out["dt_pd_lam_tox_max"] = f"{max(r.series('lambda_next/toxicity')[1].max() for r in pd_runs):.2f}"
+    out["dt_pd_lam_kl_max"] = _span([r.series("lambda_next/kl_budget")[1].max() for r in pd_runs])
+    return out
+
+
+def _met(ok: bool) -> str:
+    return "(met)" if ok else "(missed)"
+
+
+def _span(xs: list[float]) -> str:
+    lo, hi = f"{min(xs):.2f}", f"{max(xs):.2f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def reduction(runs: dict, method: str, base_method: str) -> float:
+    """1 − (mean final held-out toxicity violation of ``method``) / (that of ``base_method``):
+    the share of the baseline's drift past ε that the constraint removed."""
+    step = int(next(iter(runs.values())).config["train"]["steps"])
+    ours = _mean(_violation_at(r, step) for r in _of(runs, method))
+    theirs = _mean(_violation_at(r, step) for r in _of(runs, base_method))
+    return 1.0 - ours / theirs
+
+
+def rise_removed(runs: dict, method: str, base_method: str) -> float | None:
+    """1 − (mean rise of held-out toxicity from the base, step 0, to the end under ``method``)
+    / (that under ``base_method``): drift measured from where training started, not from ε.
+    None where the base was not evaluated."""
+    step = int(next(iter(runs.values())).config["train"]["steps"])
+
+    def rise(m):
+        return _mean(_value_at(r, step) - _value_at(r, 0) for r in _of(runs, m)
+                     if _value_at(r, 0) is not None)
+
+    ours, theirs = rise(method), rise(base_method)
+    return None if ours is None or theirs is None else 1.0 - ours / theirs
+
+
+def check_drift_claims(results: Path) -> None:
+    """Raise AssertionError when the scenario's numbers contradict what Section 5 says."""
+    runs = drift_runs(results / "drift_toxicity")
+    step = int(next(iter(runs.values())).config["train"]["steps"])
+    for m in ("dpo", "orpo"):  # "every baseline seed ends past both bounds"
+        for r in _of(runs, m):
+            for c, _ in BOUNDS:
+                assert not _cert(r, c)[2], f"{m} seed {r.seed} passes {c}"
+                assert _violation_at(r, step, c) > 0, f"{m} seed {r.seed}: no {c} violation"
+    for m, base_m in PAIRS:  # "primal-dual passes both in at least two thirds of its seeds"
+        if not _of(runs, m):
+            continue
+        for c, _ in BOUNDS:
+            k, n = _passes(runs, m, c)
+            assert k >= TARGET_SHARE * n, f"{m} misses the {c} target ({k} of {n})"
+        assert reduction(runs, m, base_m) > 0.15, f"{m}: reduction not above the seeds' 15%"
+        acc = _mean(r.final("eval/pref_accuracy") for r in _of(runs, m))
+        base_acc = _mean(r.final("eval/pref_accuracy") for r in _of(runs, base_m))
+        # "at DPO's accuracy; on ORPO the bounds cost most of it"
+        costly = base_m == "orpo"
+        assert (base_acc - acc > ACC_GAP) == costly, f"{m}: accuracy gap {base_acc - acc:.3f}"
+    eps = next(iter(runs.values())).final(eval_key("toxicity", "id", "eps"))
+    base = [_value_at(r, 0) for r in runs.values() if _value_at(r, 0) is not None]
+    assert base and max(base) < eps, "the text says the base starts under ε"
+    for r in _of(runs, "primal_dual(orpo)"):  # "λ_KL reaches [a large share of its cap]"
+        assert r.series("lambda_next/kl_budget")[1].max() >= 0.5 * r.lambda_max("kl_budget"), \
+            (r.seed, "λ_KL stayed low")
+    for r in _of(runs, "primal_dual(dpo)"):  # "λ_toxicity stays small; λ_KL does the holding"
+        lam_t = r.series("lambda_next/toxicity")[1].max()
+        lam_k = r.series("lambda_next/kl_budget")[1].max()
+        assert lam_t < 1.0 < lam_k, (r.seed, lam_t, lam_k)
