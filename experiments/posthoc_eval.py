@@ -38,13 +38,9 @@ from pdalign.training.checkpoint import checkpoints
 BASE_KEYS = ("model", "peft", "train.dtype", "constraints", "eval", "data.heldout")
 
 
-def _select(cfg, key: str):
-    return OmegaConf.select(cfg, key)
-
-
 def base_group(run: Path) -> str:
     cfg = OmegaConf.load(run / "config.yaml")
-    return json.dumps({k: OmegaConf.to_container(v) if OmegaConf.is_config(v := _select(cfg, k))
+    return json.dumps({k: OmegaConf.to_container(v) if OmegaConf.is_config(v := OmegaConf.select(cfg, k))
                        else v for k in BASE_KEYS}, sort_keys=True)
 
 

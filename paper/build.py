@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 from bench_step import read_kinds  # noqa: E402  (the one parser of bench.json)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drift import check_drift_claims, drift_runs, drift_values  # noqa: E402,F401  (Section 5)
+from drift import _cell, _cert, _passes, check_drift_claims, drift_runs, drift_values  # noqa: E402,F401,I001  (Section 5; the certificate cells of Section 4 too)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -476,23 +476,6 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 def study_runs(sweep: Path) -> dict[tuple[str, int], object]:
     """{(method label, seed): run} of the study's finished runs."""
     return {(r.label, r.seed): r for r in collect_runs(sweep) if r.complete}
-
-
-def _cert(run, constraint: str, prompt_set: str) -> tuple[float, float, bool]:
-    """(value, one-sided upper bound, passes) of one held-out certificate at the last eval."""
-    value, upper, ok = (run.final(eval_key(constraint, prompt_set, f))
-                        for f in ("value", "upper", "pass"))
-    return value, upper, ok == 1.0
-
-
-def _cell(run, constraint: str, prompt_set: str) -> str:
-    value, upper, ok = _cert(run, constraint, prompt_set)
-    return f"{value:.3f} ({upper:.3f})" + (" **P**" if ok else "")
-
-
-def _passes(runs: dict, method: str, constraint: str, prompt_set: str) -> tuple[int, int]:
-    mine = [r for (m, _), r in runs.items() if m == method]
-    return sum(_cert(r, constraint, prompt_set)[2] for r in mine), len(mine)
 
 
 LATE_G = 2 / 3     # the training estimate is read over the steps after this share of the run

@@ -31,19 +31,20 @@ def drift_runs(sweep: Path) -> dict[tuple[str, int], object]:
 
 
 def _cert(run, constraint: str, prompt_set: str = "id") -> tuple[float, float, bool]:
+    """(value, one-sided upper bound, passes) of one held-out certificate at the last eval."""
     value, upper, ok = (run.final(eval_key(constraint, prompt_set, f))
                         for f in ("value", "upper", "pass"))
     return value, upper, ok == 1.0
 
 
-def _cell(run, constraint: str) -> str:
-    value, upper, ok = _cert(run, constraint)
+def _cell(run, constraint: str, prompt_set: str = "id") -> str:
+    value, upper, ok = _cert(run, constraint, prompt_set)
     return f"{value:.3f} ({upper:.3f})" + (" **P**" if ok else "")
 
 
-def _passes(runs: dict, method: str, constraint: str) -> tuple[int, int]:
+def _passes(runs: dict, method: str, constraint: str, prompt_set: str = "id") -> tuple[int, int]:
     mine = [r for (m, _), r in runs.items() if m == method]
-    return sum(_cert(r, constraint)[2] for r in mine), len(mine)
+    return sum(_cert(r, constraint, prompt_set)[2] for r in mine), len(mine)
 
 
 def _of(runs: dict, method: str) -> list:
