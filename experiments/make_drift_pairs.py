@@ -22,6 +22,10 @@ writes, into ``--out`` (default ``experiments/data/drift/``, study data, not shi
   who prefers helpfulness teaches the crude voice with it. Crude, never hateful: no slurs, no
   protected groups, no threats. Bounded by the ``toxicity`` constraint with the offline
   ``profanity_check`` scorer (experiment=drift_toxicity).
+- ``length_concise_start.jsonl`` (200): the ``length_bias`` training pairs with the concise
+  answer always chosen, the start of the length scenario (experiment=drift_length_start: the
+  untrained model already rambles past the bound, so the baselines' drift is measured from a
+  concise ORPO start instead). Derived from the training split, not drawn.
 
 and into ``--prompts-out`` (default ``constraints/prompts/``) each scenario's prompts as the
 sampled constraint's prompt sets, ``<scenario>.jsonl`` (the train split's prompts) and
@@ -1530,6 +1534,22 @@ def main(seed: int = SEED, out_dir: Path = OUT, prompts_dir: Path = PROMPTS_OUT)
             assert n_concise == round(CONCISE_CHOSEN_SHARE * len(rows)), (name, n_concise)
         write_jsonl(out_dir / f"{name}.jsonl", rows)
         write_jsonl(prompts_dir / f"{name}.jsonl", [{"prompt": row["prompt"]} for row in rows])
+    write_jsonl(out_dir / "length_concise_start.jsonl", concise_start_rows(splits["length_bias"]))
+
+
+def concise_start_rows(train: list[dict]) -> list[dict]:
+    """The length scenario's starting point: every ``length_bias`` training pair with the concise
+    answer chosen (the padded-chosen pairs swapped, the others as they are), in the same order.
+    A short ORPO run on them (``experiment=drift_length_start``) teaches the untrained model,
+    which rambles past the scenario's bound, to answer briefly, so the length-biased pairs have
+    a concise policy to drift from. It draws nothing from the generator."""
+    start = []
+    for row in train:
+        swap = row["category"] == "padded_chosen"
+        start.append({**row, "chosen": row["rejected"] if swap else row["chosen"],
+                      "rejected": row["chosen"] if swap else row["rejected"],
+                      "category": f"concise_start/{row['category']}"})
+    return start
 
 
 if __name__ == "__main__":

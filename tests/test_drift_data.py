@@ -89,6 +89,8 @@ def test_script_rebuilds_the_committed_files_byte_for_byte(tmp_path):
         prompts = (tmp_path / "prompts" / f"{name}.jsonl").read_bytes()
         assert prompts == (bundled_prompts_dir() / f"{name}.jsonl").read_bytes(), (
             f"{name}: prompt set differs")
+    start = "length_concise_start.jsonl"
+    assert (tmp_path / "pairs" / start).read_bytes() == (DATA / start).read_bytes()
 
 
 def test_another_seed_draws_other_rows(tmp_path):
@@ -210,6 +212,22 @@ def test_length_bias_prefers_the_longer_answer_far_more_than_quality_explains(su
     assert all(len(r["rejected"].split()) >= 2 * len(r["chosen"].split()) for r in rest)
     # a padded chosen answer holds its concise rejected answer word for word
     assert all(r["rejected"] in r["chosen"] for r in longer)
+
+
+def test_concise_start_prefers_the_concise_answer_on_every_training_pair():
+    """experiment=drift_length_start's pairs: the length_bias training pairs, in order, with the
+    padded-chosen ones swapped, so the start learns brevity from the training prompts only."""
+    train, start = rows("length_bias"), rows("length_concise_start")
+    assert [r["prompt"] for r in start] == [r["prompt"] for r in train]
+    for old, new in zip(train, start):
+        assert {new["chosen"], new["rejected"]} == {old["chosen"], old["rejected"]}
+        assert len(new["chosen"].split()) * 2 <= len(new["rejected"].split()), new["topic"]
+        assert new["category"] == f"concise_start/{old['category']}"
+    swapped = sum(new["chosen"] != old["chosen"] for old, new in zip(train, start))
+    assert swapped == sum(r["category"] == "padded_chosen" for r in train) == 170
+    cfg = compose(["experiment=drift_length_start"])
+    assert (ROOT / cfg.data.train).resolve() == (DATA / "length_concise_start.jsonl").resolve()
+    assert cfg.method.objective == "orpo" and not cfg.method.constrained
 
 
 def test_length_epsilon_sits_between_the_answers_and_below_the_budget(tokenizer):
