@@ -149,6 +149,8 @@ TRAINERS = {
     "trl_dpo_qlora": Trainer("trl", "dpo", qlora=True),
     "dpo_packed": Trainer("pdalign", "dpo", extra=("train.pack_pairs=true",)),
     "orpo_packed": Trainer("pdalign", "orpo", floor="orpo", extra=("train.pack_pairs=true",)),
+    "dpo_quickstart_packed": Trainer("pdalign", "dpo", data="quickstart",
+                                     extra=("train.pack_pairs=true",)),
 }
 # Matmul passes of 2*N*T per step: forward, LoRA backward (~ one forward), reference forward.
 FLOOR_PASSES = {"dpo": 3, "orpo": 2, "dpo_precomputed": 2}
@@ -179,6 +181,8 @@ NOTES = {
     "dpo_packed": "train.pack_pairs=true: [chosen ; rejected] as one token trie (the lever's "
                   "on state; off by default)",
     "orpo_packed": "train.pack_pairs=true (the lever's on state)",
+    "dpo_quickstart_packed": "train.pack_pairs=true on the variable-length quickstart rows, where "
+                             "the trie drops the padding a batch of unequal pairs carries",
     "trl_dpo_qlora": "nf4 + double quant base, optim=adamw_bnb_8bit; adapters cast back to the "
                      "dtype rule's dtype after TRL's bf16 cast",
 }
@@ -217,6 +221,8 @@ EXTRA_PAIRS = {
     "dpo_packed_time_vs_dpo": ("dpo_packed", "dpo", "s_per_step"),
     "dpo_packed_peak_rss_vs_dpo": ("dpo_packed", "dpo", "peak_rss_mb"),
     "orpo_packed_time_vs_orpo": ("orpo_packed", "orpo", "s_per_step"),
+    "dpo_quickstart_packed_time_vs_dpo_quickstart": ("dpo_quickstart_packed", "dpo_quickstart",
+                                                     "s_per_step"),
     # on a GPU the memory that limits a run is the device's (absent on CPU runs)
     "dpo_peak_gpu_vs_trl": ("dpo", "trl_dpo", "peak_gpu_mb"),
     "orpo_peak_gpu_vs_trl": ("orpo", "trl_orpo", "peak_gpu_mb"),
