@@ -179,6 +179,46 @@ def drift_values(results: Path) -> dict[str, str]:
     return out
 
 
+def control_values(results: Path) -> dict[str, str]:
+    """The ``dc_*`` placeholders: the toxicity-only control of primal_dual(orpo)
+    (`experiments/results/drift_toxicity_control/`, the same recipe with ``kl_budget`` removed),
+    beside the two-constraint runs of the study."""
+    study = drift_runs(results / "drift_toxicity")
+    runs = _of(drift_runs(results / "drift_toxicity_control"), "primal_dual(orpo)")
+    lines = []
+    for r in runs:
+        lam = r.series("lambda_next/toxicity")[1]
+        lines.append(f"| primal_dual(orpo), toxicity only, s{r.seed} | {_cell(r, 'toxicity')} | "
+                     f"{r.final('eval/pref_accuracy'):.3f} | {_num(r.final(PROMPT_STRICT))} / "
+                     f"{_num(r.final(INSTRUCTION_STRICT))} | {lam.max():.2f} | {lam[-1]:.2f} |")
+    k = sum(_cert(r, "toxicity")[2] for r in runs)
+    lam_max = [r.series("lambda_next/toxicity")[1].max() for r in runs]
+    return {"dc_rows": "\n".join(lines), "dc_n": str(len(runs)), "dc_tox_pass": f"{k} of {len(runs)}",
+            "dc_acc": _span([r.final("eval/pref_accuracy") for r in runs]),
+            "dc_kl_acc": _span([r.final("eval/pref_accuracy")
+                                for r in _of(study, "primal_dual(orpo)")]),
+            "dc_orpo_acc": f"{_mean(r.final('eval/pref_accuracy') for r in _of(study, 'orpo')):.3f}",
+            "dc_lam_max": _span(lam_max),
+            "dc_tox": _span([_cert(r, "toxicity")[0] for r in runs])}
+
+
+def check_control_claims(results: Path) -> None:
+    """What the text says of the control: the toxicity bound holds alone (>= 2 of 3 seeds) with
+    its multiplier well off zero; the accuracy rises over the two-constraint runs' but stays more
+    than 0.1 under ORPO's."""
+    study = drift_runs(results / "drift_toxicity")
+    runs = _of(drift_runs(results / "drift_toxicity_control"), "primal_dual(orpo)")
+    assert runs, "no toxicity-only control runs"
+    assert all(set(r.config["constraints"]) == {"toxicity"} for r in runs), "not toxicity-only"
+    k = sum(_cert(r, "toxicity")[2] for r in runs)
+    assert k >= TARGET_SHARE * len(runs), f"control passes toxicity in {k} of {len(runs)}"
+    assert min(r.series("lambda_next/toxicity")[1].max() for r in runs) > 1.0, "λ_tox stayed low"
+    acc = _mean(r.final("eval/pref_accuracy") for r in runs)
+    kl_acc = _mean(r.final("eval/pref_accuracy") for r in _of(study, "primal_dual(orpo)"))
+    orpo_acc = _mean(r.final("eval/pref_accuracy") for r in _of(study, "orpo"))
+    assert kl_acc < acc < orpo_acc - ACC_GAP, (kl_acc, acc, orpo_acc)
+
+
 def _met(ok: bool) -> str:
     return "(met)" if ok else "(missed)"
 
@@ -220,6 +260,14 @@ def check_drift_claims(results: Path) -> None:
             for c, _ in BOUNDS:
                 assert not _cert(r, c)[2], f"{m} seed {r.seed} passes {c}"
                 assert _violation_at(r, step, c) > 0, f"{m} seed {r.seed}: no {c} violation"
+    halfway = [s for s in eval_steps(runs.values()) if 0 < s < step]
+    assert halfway, "the text reads a halfway checkpoint"
+    for s in halfway:  # "every baseline seed is past ε halfway; primal-dual near the base"
+        for m in ("dpo", "orpo"):
+            assert all(_violation_at(r, s) > 0 for r in _of(runs, m)), (m, s)
+        for m, _ in PAIRS:
+            base = _mean(_value_at(r, 0) for r in _of(runs, m))
+            assert all(_value_at(r, s) - base < 0.05 for r in _of(runs, m)), (m, s)
     for m, base_m in PAIRS:  # "primal-dual passes both in at least two thirds of its seeds"
         if not _of(runs, m):
             continue
