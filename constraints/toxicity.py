@@ -12,12 +12,18 @@ scorer backend chosen in the config:
   a linear SVM on word n-grams whose model ships in the wheel: offline and fast, but it detects
   profanity, not toxicity in general (a polite slur scores low, a friendly swear word high).
 
+- ``auto`` (the default): Detoxify where its ``original`` checkpoint is already in the torch.hub
+  cache, the offline ``profanity_check`` otherwise, so a run never waits on a download it cannot
+  make. Which one judged is logged at construction and kept as ``Toxicity.scorer_name``.
+
 Any callable ``list[str] -> sequence of probabilities`` also works, given as a ``_target_``
 node in ``scorer``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import socket
 from contextlib import contextmanager
@@ -30,6 +36,8 @@ import torch
 from pdalign.contract import RolloutConstraint
 
 Scorer = Callable[[list[str]], Sequence[float]]
+
+log = logging.getLogger("pdalign")
 
 _DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: fail rather than hang where the net is walled
 
@@ -156,6 +164,17 @@ class DetoxifyScorer:
 SCORERS: dict[str, type] = {"detoxify": DetoxifyScorer, "profanity_check": ProfanityCheckScorer}
 
 
+def auto_scorer() -> tuple[str, str]:
+    """(backend, why) for ``scorer: auto``: ``detoxify`` where the package is installed and its
+    ``original`` checkpoint is in the torch.hub cache, else ``profanity_check``."""
+    if importlib.util.find_spec("detoxify") is None:
+        return "profanity_check", "the detoxify package is not installed"
+    checkpoint = detoxify_checkpoint_path("original")
+    if checkpoint.is_file():
+        return "detoxify", f"Detoxify's checkpoint is cached at {checkpoint}"
+    return "profanity_check", f"no Detoxify checkpoint at {checkpoint}"
+
+
 class Toxicity(RolloutConstraint):
     """Mean toxicity probability of responses on a provocative prompt set, bounded by epsilon.
 
@@ -163,7 +182,8 @@ class Toxicity(RolloutConstraint):
         name: constraint name. Default ``toxicity``.
         epsilon: bound on the mean probability, in [0, 1].
         prompts: bundled set name or JSONL/CSV path. Default ``provocative``.
-        scorer: ``detoxify`` | ``profanity_check`` (built with defaults), or a callable
+        scorer: ``auto`` (default; Detoxify if its checkpoint is cached, else
+            profanity_check) | ``detoxify`` | ``profanity_check`` (built with defaults), or a callable
             ``list[str] -> probabilities`` (a ``_target_`` node, e.g. DetoxifyScorer with
             options). Built here, after the prompt set is checked.
         lambda_max, baseline_momentum, scale: see `RolloutConstraint`.
@@ -174,15 +194,22 @@ class Toxicity(RolloutConstraint):
     cost_range = (0.0, 1.0)  # a probability per response
 
     def __init__(self, name: str = "toxicity", epsilon: float = 0.1,
-                 prompts: str = "provocative", scorer: str | Scorer = "detoxify",
+                 prompts: str = "provocative", scorer: str | Scorer = "auto",
                  lambda_max: float | None = None, baseline_momentum: float = 0.9,
                  scale: float = 1.0):
         super().__init__(name, epsilon, prompts, lambda_max, baseline_momentum, scale)
         if isinstance(scorer, str):
-            if scorer not in SCORERS:
+            if scorer != "auto" and scorer not in SCORERS:
                 raise ValueError(f"{self.config_key('scorer')}={scorer!r} is not one of "
-                                 f"{sorted(SCORERS)} (or a _target_ node of a callable)")
+                                 f"{['auto', *sorted(SCORERS)]} (or a _target_ node of a "
+                                 f"callable)")
+            if scorer == "auto":
+                scorer, why = auto_scorer()
+                log.info("%s=auto: %s judges (%s)", self.config_key("scorer"), scorer, why)
+            self.scorer_name = scorer
             scorer = SCORERS[scorer](config_key=self.config_key("scorer"))
+        else:
+            self.scorer_name = type(scorer).__name__
         self.scorer = scorer
 
     def cost(self, prompts: list[str], responses: list[str],

@@ -19,7 +19,12 @@ from omegaconf import OmegaConf
 from pdalign.constraints.kl_budget import KLBudget
 from pdalign.constraints.length import Length
 from pdalign.constraints.refusal import PhraseRefusalDetector, Refusal
-from pdalign.constraints.toxicity import ProfanityCheckScorer, Toxicity
+from pdalign.constraints.toxicity import (
+    ProfanityCheckScorer,
+    Toxicity,
+    auto_scorer,
+    detoxify_checkpoint_path,
+)
 from pdalign.contract.base import BatchConstraint, ConstraintEstimate
 from pdalign.contract.prompts import bundled_prompt_sets, load_prompts
 from pdalign.contract.rollout import RolloutConstraint, importance_weights, score_function_estimate
@@ -226,6 +231,34 @@ def test_detoxify_with_the_hub_set_offline_fails_before_any_download(tmp_path, m
         Toxicity(name="tox", epsilon=0.1, scorer="detoxify")
 
 
+def test_auto_scorer_is_the_offline_one_without_a_cached_detoxify_and_says_so(tmp_path,
+                                                                                monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("auto attempted a download")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    with caplog.at_level("INFO", logger="pdalign"):
+        tox = Toxicity(epsilon=0.1)  # the default scorer is auto
+    assert isinstance(tox.scorer, ProfanityCheckScorer) and tox.scorer_name == "profanity_check"
+    assert "constraints.toxicity.scorer=auto: profanity_check judges (no Detoxify checkpoint at " \
+        f"{tmp_path}" in caplog.text
+    costs = tox.cost(["p", "q"], ["Shut up, you damn moron.", "Happy to help!"],
+                     torch.tensor([6, 4]))
+    assert costs[0] > 0.5 > costs[1]
+
+
+def test_auto_scorer_picks_detoxify_once_its_checkpoint_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert auto_scorer()[0] == "profanity_check"
+    cached = detoxify_checkpoint_path("original")
+    assert cached.is_relative_to(tmp_path)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")  # only its presence decides; loading it is DetoxifyScorer's job
+    assert auto_scorer() == ("detoxify", f"Detoxify's checkpoint is cached at {cached}")
+
+
 # ---- config errors ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make, match", [
@@ -307,16 +340,16 @@ def test_bundled_prompt_sets_sizes_cards_and_disjoint_splits():
 
 # ---- configs ----------------------------------------------------------------------------------
 
-def test_every_constraint_yaml_composes_and_instantiates():
+def test_every_constraint_yaml_composes_and_instantiates(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
     names = sorted(p.stem for p in (CONF / "constraints").glob("*.yaml"))
     assert names == ["kl_budget", "length", "over_refusal", "over_refusal_openers",
                      "over_refusal_pairs", "refusal", "refusal_openers", "refusal_pairs", "toxicity"]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no Detoxify checkpoint: auto is offline
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose(config_name=None, overrides=[
-            f"+constraints=[{','.join(names)}]",
-            "constraints.toxicity.scorer=profanity_check"])  # detoxify needs its checkpoint
+            f"+constraints=[{','.join(names)}]"])
     assert sorted(cfg.constraints) == names  # multi-select: one entry per file
     built = {node.name: instantiate(node) for node in cfg.constraints.values()}
     assert sorted(built) == names
@@ -326,11 +359,9 @@ def test_every_constraint_yaml_composes_and_instantiates():
     assert built["refusal_openers"].side == "wanted" and len(built["refusal_openers"].prompts) == 122
     assert built["refusal_pairs"].target == "refuse" and len(built["refusal_pairs"].pair_rows) == 122
     assert isinstance(built["refusal"].detector, PhraseRefusalDetector)
+    assert built["toxicity"].scorer_name == "profanity_check"  # auto, with no Detoxify cached
     for name in names:  # each file alone, as written
         node = OmegaConf.load(CONF / "constraints" / f"{name}.yaml")[name]
-        if name == "toxicity":
-            assert node.scorer == "detoxify"
-            node.scorer = "profanity_check"
         assert instantiate(node).name == name
 
 
