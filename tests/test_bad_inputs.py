@@ -223,7 +223,8 @@ def test_detoxify_checkpoint_missing_offline_names_profanity_check(tmp_path, no_
                                                                    monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = compose(tiny_overrides("method=primal_dual", "constraints=[toxicity]"))
+    cfg = compose(tiny_overrides("method=primal_dual", "constraints=[toxicity]",
+                                 "constraints.toxicity.scorer=detoxify"))  # asked for by name
     with pytest.raises(ValueError) as err:
         train(cfg, tmp_path / "run")
     message = str(err.value)
