@@ -225,9 +225,17 @@ def test_concise_start_prefers_the_concise_answer_on_every_training_pair():
         assert new["category"] == f"concise_start/{old['category']}"
     swapped = sum(new["chosen"] != old["chosen"] for old, new in zip(train, start))
     assert swapped == sum(r["category"] == "padded_chosen" for r in train) == 170
+    from pdalign.training.build import build_constraints
+    from pdalign.training.config import check_config
+
     cfg = compose(["experiment=drift_length_start"])
+    check_config(cfg)
     assert (ROOT / cfg.data.train).resolve() == (DATA / "length_concise_start.jsonl").resolve()
     assert cfg.method.objective == "orpo" and not cfg.method.constrained
+    (length,) = build_constraints(cfg)  # measured only; its bound checked against both budgets
+    sweep = compose(["experiment=drift_length"])
+    assert (length.epsilon, cfg.eval.max_new_tokens, cfg.eval.prompts_per_set) == (
+        sweep.constraints.length.epsilon, sweep.eval.max_new_tokens, sweep.eval.prompts_per_set)
 
 
 def test_length_epsilon_sits_between_the_answers_and_below_the_budget(tokenizer):
