@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 from bench_step import read_kinds  # noqa: E402  (the one parser of bench.json)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drift import _cell, _cert, _passes, check_drift_claims, drift_runs, drift_values  # noqa: E402,F401,I001  (Section 5; the certificate cells of Section 4 too)
+from drift import _cell, _cert, _passes, check_control_claims, check_drift_claims, control_values, drift_runs, drift_values  # noqa: E402,F401,I001  (Section 5; the certificate cells of Section 4 too)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -835,6 +835,7 @@ def values(results: Path = RESULTS) -> dict[str, str]:
     out.update(curve_values(results / "study_curve"))
     out.update(iterative_compare_values(results))
     out.update(drift_values(results))
+    out.update(control_values(results))
     return out
 
 
@@ -843,6 +844,7 @@ def check_claims(results: Path = RESULTS) -> None:
     check_study_claims(results)
     check_iterative_claims(results)
     check_drift_claims(results)
+    check_control_claims(results)
     paired = {(p["method"], p["metric"]): p
               for p in _read_csv(results / "compare" / "paired.csv")}
     for method, _ in PAIRS:

@@ -193,7 +193,22 @@ def control_values(results: Path) -> dict[str, str]:
                      f"{_num(r.final(INSTRUCTION_STRICT))} | {lam.max():.2f} | {lam[-1]:.2f} |")
     k = sum(_cert(r, "toxicity")[2] for r in runs)
     lam_max = [r.series("lambda_next/toxicity")[1].max() for r in runs]
-    return {"dc_rows": "\n".join(lines), "dc_n": str(len(runs)), "dc_tox_pass": f"{k} of {len(runs)}",
+    fails = []
+    for r in runs:
+        if _cert(r, "toxicity")[2]:
+            continue
+        value, upper, _ = _cert(r, "toxicity")
+        steps, g = r.series("g/toxicity")
+        jump = int(np.argmax(np.diff(g)))  # the largest rise of the training estimate in a step
+        fails.append(f"In s{r.seed} λ_toxicity fell back to "
+                     f"{r.series('lambda_next/toxicity')[1][-1]:.2f} by the last step and the "
+                     f"held-out toxicity is {value:.3f} ({upper:.3f}), while the training "
+                     f"rollouts read {g[-1]:.3f} at the end: released, ORPO turns the voice crude "
+                     f"faster than the dual side reads it (its samples went from {g[jump]:.2f} to "
+                     f"{g[jump + 1]:.2f} in one step, at step {int(steps[jump + 1])}), and fresh "
+                     f"samples come every {r.config['train']['rollout_every']} steps (in "
+                     f"between, the last ones are re-weighted, their weights clipped).")
+    return {"dc_fail": " ".join(fails),"dc_rows": "\n".join(lines), "dc_n": str(len(runs)), "dc_tox_pass": f"{k} of {len(runs)}",
             "dc_acc": _span([r.final("eval/pref_accuracy") for r in runs]),
             "dc_kl_acc": _span([r.final("eval/pref_accuracy")
                                 for r in _of(study, "primal_dual(orpo)")]),
@@ -212,7 +227,9 @@ def check_control_claims(results: Path) -> None:
     assert all(set(r.config["constraints"]) == {"toxicity"} for r in runs), "not toxicity-only"
     k = sum(_cert(r, "toxicity")[2] for r in runs)
     assert k >= TARGET_SHARE * len(runs), f"control passes toxicity in {k} of {len(runs)}"
-    assert min(r.series("lambda_next/toxicity")[1].max() for r in runs) > 1.0, "λ_tox stayed low"
+    for r in runs:  # "λ_toxicity rises once the samples turn crude, and falls back after"
+        lam = r.series("lambda_next/toxicity")[1]
+        assert lam.max() > 1.0 and lam[-1] < lam.max(), (r.seed, lam.max(), lam[-1])
     acc = _mean(r.final("eval/pref_accuracy") for r in runs)
     kl_acc = _mean(r.final("eval/pref_accuracy") for r in _of(study, "primal_dual(orpo)"))
     orpo_acc = _mean(r.final("eval/pref_accuracy") for r in _of(study, "orpo"))

@@ -243,3 +243,35 @@ def test_a_contradicted_drift_claim_stops_the_build(tmp_path):
     with pytest.raises(AssertionError, match="dpo seed 0 passes toxicity"):
         paper_build.build(tmp_path / "paper.md", results)
     assert not (tmp_path / "paper.md").exists()
+
+
+def test_toxicity_only_control_rows_come_from_its_runs(text):
+    """Section 5's control table: each toxicity-only run's certificate, accuracy and λ."""
+    runs = paper_build.drift_runs(RESULTS / "drift_toxicity_control")
+    assert len(runs) == 3
+    lines = text[text.index("**The toxicity bound alone.**"):text.index("## 6. Cost")].splitlines()
+    for (label, seed), run in runs.items():
+        assert set(run.config["constraints"]) == {"toxicity"}
+        line = next(x for x in lines if x.startswith(f"| {label}, toxicity only, s{seed} |"))
+        value, upper = (run.final(f"eval/toxicity/id/{f}") for f in ("value", "upper"))
+        assert f"| {value:.3f} ({upper:.3f})" in line
+        assert f"| {run.final('eval/pref_accuracy'):.3f} |" in line
+        lam = run.series("lambda_next/toxicity")[1]
+        assert line.endswith(f"| {lam.max():.2f} | {lam[-1]:.2f} |")
+
+
+def test_a_contradicted_control_claim_stops_the_build(tmp_path):
+    """The text says the toxicity bound alone passes in 2 of 3 seeds; make seed 0 fail too."""
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)
+    path = results / "drift_toxicity_control" / "primal_dual_orpo-seed0" / "metrics.jsonl"
+    lines = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if "eval/toxicity/id/pass" in record:
+            record["eval/toxicity/id/pass"] = 0.0
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AssertionError, match="control passes toxicity in 1 of 3"):
+        paper_build.build(tmp_path / "paper.md", results)
+    assert not (tmp_path / "paper.md").exists()
