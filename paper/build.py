@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 from bench_step import read_kinds  # noqa: E402  (the one parser of bench.json)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drift import _cell, _cert, _passes, check_control_claims, check_drift_claims, control_values, drift_runs, drift_values  # noqa: E402,F401,I001  (Section 5; the certificate cells of Section 4 too)
+from drift import _cell, _cert, _passes, check_control_claims, check_drift_claims, control_values, drift_runs, drift_values, length_start_values  # noqa: E402,F401,I001  (Section 5; the certificate cells of Section 4 too)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -836,6 +836,7 @@ def values(results: Path = RESULTS) -> dict[str, str]:
     out.update(iterative_compare_values(results))
     out.update(drift_values(results))
     out.update(control_values(results))
+    out.update(length_start_values(results))
     return out
 
 

@@ -217,6 +217,16 @@ def control_values(results: Path) -> dict[str, str]:
             "dc_tox": _span([_cert(r, "toxicity")[0] for r in runs])}
 
 
+def length_start_values(results: Path) -> dict[str, str]:
+    """The ``dl_*`` placeholders: the length scenario's concise start
+    (`experiments/results/drift_length_start/`), its held-out mean length and bound."""
+    (start,) = [r for r in collect_runs(results / "drift_length_start") if r.complete]
+    value, upper, _ = _cert(start, "length")
+    return {"dl_start_len": f"{value:.1f}", "dl_start_upper": f"{upper:.1f}",
+            "dl_start_n": f"{start.final(eval_key('length', 'id', 'n')):.0f}",
+            "dl_eps": f"{start.final(eval_key('length', 'id', 'eps')):g}"}
+
+
 def check_control_claims(results: Path) -> None:
     """What the text says of the control: the toxicity bound holds alone (>= 2 of 3 seeds) with
     its multiplier well off zero; the accuracy rises over the two-constraint runs' but stays more
