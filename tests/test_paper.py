@@ -228,21 +228,28 @@ def test_drift_rows_come_from_each_runs_records_and_posthoc_evaluations(text):
     assert dpo.split("|")[2].strip().startswith(f"{bases.pop():.3f} ")
 
 
-def test_a_contradicted_drift_claim_stops_the_build(tmp_path):
-    """The text says every DPO seed fails the toxicity certificate; make seed 0's pass."""
+def _build_with_toxicity_pass_set(tmp_path, run: str, passes: float, match: str):
+    """Copy the results, set one run's logged toxicity certificate to ``passes``, and check the
+    build stops with ``match`` and writes no paper."""
     results = tmp_path / "results"
     shutil.copytree(RESULTS, results)
-    path = results / "drift_toxicity" / "0-dpo-dpo-seed0" / "metrics.jsonl"
+    path = results / run / "metrics.jsonl"
     lines = []
     for line in path.read_text().splitlines():
         record = json.loads(line)
         if "eval/toxicity/id/pass" in record:
-            record["eval/toxicity/id/pass"] = 1.0
+            record["eval/toxicity/id/pass"] = passes
         lines.append(json.dumps(record))
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(AssertionError, match="dpo seed 0 passes toxicity"):
+    with pytest.raises(AssertionError, match=match):
         paper_build.build(tmp_path / "paper.md", results)
     assert not (tmp_path / "paper.md").exists()
+
+
+def test_a_contradicted_drift_claim_stops_the_build(tmp_path):
+    """The text says every DPO seed fails the toxicity certificate; make seed 0's pass."""
+    _build_with_toxicity_pass_set(tmp_path, "drift_toxicity/0-dpo-dpo-seed0", 1.0,
+                                  "dpo seed 0 passes toxicity")
 
 
 def test_toxicity_only_control_rows_come_from_its_runs(text):
@@ -262,16 +269,5 @@ def test_toxicity_only_control_rows_come_from_its_runs(text):
 
 def test_a_contradicted_control_claim_stops_the_build(tmp_path):
     """The text says the toxicity bound alone passes in 2 of 3 seeds; make seed 0 fail too."""
-    results = tmp_path / "results"
-    shutil.copytree(RESULTS, results)
-    path = results / "drift_toxicity_control" / "primal_dual_orpo-seed0" / "metrics.jsonl"
-    lines = []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if "eval/toxicity/id/pass" in record:
-            record["eval/toxicity/id/pass"] = 0.0
-        lines.append(json.dumps(record))
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(AssertionError, match="control passes toxicity in 1 of 3"):
-        paper_build.build(tmp_path / "paper.md", results)
-    assert not (tmp_path / "paper.md").exists()
+    _build_with_toxicity_pass_set(tmp_path, "drift_toxicity_control/primal_dual_orpo-seed0", 0.0,
+                                  "control passes toxicity in 1 of 3")
