@@ -185,36 +185,34 @@ def control_values(results: Path) -> dict[str, str]:
     beside the two-constraint runs of the study."""
     study = drift_runs(results / "drift_toxicity")
     runs = _of(drift_runs(results / "drift_toxicity_control"), "primal_dual(orpo)")
-    lines = []
+    lines, fails = [], []
     for r in runs:
         lam = r.series("lambda_next/toxicity")[1]
+        value, upper, ok = _cert(r, "toxicity")
         lines.append(f"| primal_dual(orpo), toxicity only, s{r.seed} | {_cell(r, 'toxicity')} | "
                      f"{r.final('eval/pref_accuracy'):.3f} | {_num(r.final(PROMPT_STRICT))} / "
                      f"{_num(r.final(INSTRUCTION_STRICT))} | {lam.max():.2f} | {lam[-1]:.2f} |")
-    k = sum(_cert(r, "toxicity")[2] for r in runs)
-    lam_max = [r.series("lambda_next/toxicity")[1].max() for r in runs]
-    fails = []
-    for r in runs:
-        if _cert(r, "toxicity")[2]:
+        if ok:
             continue
-        value, upper, _ = _cert(r, "toxicity")
         steps, g = r.series("g/toxicity")
         jump = int(np.argmax(np.diff(g)))  # the largest rise of the training estimate in a step
-        fails.append(f"In s{r.seed} λ_toxicity fell back to "
-                     f"{r.series('lambda_next/toxicity')[1][-1]:.2f} by the last step and the "
-                     f"held-out toxicity is {value:.3f} ({upper:.3f}), while the training "
+        fails.append(f"In s{r.seed} λ_toxicity fell back to {lam[-1]:.2f} by the last step and "
+                     f"the held-out toxicity is {value:.3f} ({upper:.3f}), while the training "
                      f"rollouts read {g[-1]:.3f} at the end: released, ORPO turns the voice crude "
                      f"faster than the dual side reads it (its samples went from {g[jump]:.2f} to "
                      f"{g[jump + 1]:.2f} in one step, at step {int(steps[jump + 1])}), and fresh "
                      f"samples come every {r.config['train']['rollout_every']} steps (in "
                      f"between, the last ones are re-weighted, their weights clipped).")
-    return {"dc_fail": " ".join(fails),"dc_rows": "\n".join(lines), "dc_n": str(len(runs)), "dc_tox_pass": f"{k} of {len(runs)}",
-            "dc_acc": _span([r.final("eval/pref_accuracy") for r in runs]),
-            "dc_kl_acc": _span([r.final("eval/pref_accuracy")
-                                for r in _of(study, "primal_dual(orpo)")]),
-            "dc_orpo_acc": f"{_mean(r.final('eval/pref_accuracy') for r in _of(study, 'orpo')):.3f}",
-            "dc_lam_max": _span(lam_max),
-            "dc_tox": _span([_cert(r, "toxicity")[0] for r in runs])}
+    def accuracy(rs):
+        return [r.final("eval/pref_accuracy") for r in rs]
+
+    return {"dc_rows": "\n".join(lines), "dc_fail": " ".join(fails), "dc_n": str(len(runs)),
+            "dc_tox_pass": f"{sum(_cert(r, 'toxicity')[2] for r in runs)} of {len(runs)}",
+            "dc_tox": _span([_cert(r, "toxicity")[0] for r in runs]),
+            "dc_lam_max": _span([r.series("lambda_next/toxicity")[1].max() for r in runs]),
+            "dc_acc": _span(accuracy(runs)),
+            "dc_kl_acc": _span(accuracy(_of(study, "primal_dual(orpo)"))),
+            "dc_orpo_acc": f"{_mean(accuracy(_of(study, 'orpo'))):.3f}"}
 
 
 def length_start_values(results: Path) -> dict[str, str]:
