@@ -40,8 +40,9 @@ BASE_KEYS = ("model", "peft", "train.dtype", "constraints", "eval", "data.heldou
 
 def base_group(run: Path) -> str:
     cfg = OmegaConf.load(run / "config.yaml")
-    return json.dumps({k: OmegaConf.to_container(v) if OmegaConf.is_config(v := OmegaConf.select(cfg, k))
-                       else v for k in BASE_KEYS}, sort_keys=True)
+    values = {k: OmegaConf.select(cfg, k) for k in BASE_KEYS}
+    return json.dumps({k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                       for k, v in values.items()}, sort_keys=True)
 
 
 def recorded(run: Path) -> list[dict]:

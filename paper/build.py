@@ -39,7 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 from bench_step import read_kinds  # noqa: E402  (the one parser of bench.json)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drift import _cell, _cert, _passes, check_control_claims, check_drift_claims, control_values, drift_runs, drift_values, length_start_values  # noqa: E402,F401,I001  (Section 5; the certificate cells of Section 4 too)
+from drift import (  # noqa: E402  (Section 5; the run reader and certificate cells of Section 4 too)
+    _cell,
+    _cert,
+    _passes,
+    check_control_claims,
+    check_drift_claims,
+    control_values,
+    drift_values,
+    finished_runs,
+    length_start_values,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -473,11 +483,6 @@ PROBES = (("framed96", "opener_probe/framed96"), ("lmax25", "opener_probe/lmax25
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def study_runs(sweep: Path) -> dict[tuple[str, int], object]:
-    """{(method label, seed): run} of the study's finished runs."""
-    return {(r.label, r.seed): r for r in collect_runs(sweep) if r.complete}
-
-
 LATE_G = 2 / 3     # the training estimate is read over the steps after this share of the run
 LATE_LAMBDA = 0.8  # λ's late movement: from this share of the run to its end (the health window)
 
@@ -502,7 +507,7 @@ def _span(xs: list[float], digits: int = 3) -> str:
 
 def study_setup_values(sweep: Path) -> dict[str, str]:
     """The study's recipe, read from its first run's resolved config, manifest and log."""
-    runs = study_runs(sweep)
+    runs = finished_runs(sweep)
     first = runs[min(runs, key=lambda k: (k[1], METHOD_ORDER.index(k[0])))]
     cfg, manifest = first.config, first.manifest or {}
     peft, train, ev, dual = cfg["peft"], cfg["train"], cfg["eval"], cfg["dual"]
@@ -544,7 +549,7 @@ def study_setup_values(sweep: Path) -> dict[str, str]:
 def study_values(sweep: Path, results: Path) -> dict[str, str]:
     """Section 4: the per-run certificate table, the scorecard against the issue's targets, the
     paired violations, λ at the end, the cost, and the one-seed probes' frontier."""
-    runs = study_runs(sweep)
+    runs = finished_runs(sweep)
     out: dict[str, str] = {}
     lines = []
     for m in METHOD_ORDER:
@@ -723,7 +728,7 @@ def curve_values(curve: Path) -> dict[str, str]:
 
 def check_curve_claims(results: Path) -> None:
     """Raise AssertionError when the curve contradicts Section 4's reading of it."""
-    curve, study = study_runs(results / "study_curve"), study_runs(results / "study")
+    curve, study = finished_runs(results / "study_curve"), finished_runs(results / "study")
     for (label, seed), r in curve.items():
         # "its last evaluation repeats the study's run of the same seed"
         twin = study["primal_dual(dpo)", seed]
@@ -764,7 +769,7 @@ def check_study_claims(results: Path) -> None:
     """Raise AssertionError when the study's numbers contradict what Section 4 says."""
     check_curve_claims(results)
     sweep = results / "study"
-    runs = study_runs(sweep)
+    runs = finished_runs(sweep)
     for m in ("dpo", "orpo"):  # "the baselines answer every harmful request" and drift in KL
         for c, s in (("refusal_openers", x) for x in ("id", "shifted", "unseen")):
             k, _ = _passes(runs, m, c, s)

@@ -25,8 +25,8 @@ ACC_GAP = 0.10        # held-out preference accuracy within this of the base obj
 SEEDS_CLAIM = "up to 15%"  # the seeds' claim the reduction is stated against
 
 
-def drift_runs(sweep: Path) -> dict[tuple[str, int], object]:
-    """{(method label, seed): run} of the scenario's finished runs."""
+def finished_runs(sweep: Path) -> dict[tuple[str, int], object]:
+    """{(method label, seed): run} of a sweep's finished runs."""
     return {(r.label, r.seed): r for r in collect_runs(sweep) if r.complete}
 
 
@@ -87,7 +87,7 @@ def eval_steps(runs) -> list[int]:
 
 def drift_values(results: Path) -> dict[str, str]:
     """Every ``dt_*`` placeholder of Section 5."""
-    runs = drift_runs(results / "drift_toxicity")
+    runs = finished_runs(results / "drift_toxicity")
     first = runs[min(runs, key=lambda k: (k[1], METHODS.index(k[0])))]
     cfg = first.config
     tox, kl = cfg["constraints"]["toxicity"], cfg["constraints"]["kl_budget"]
@@ -183,8 +183,8 @@ def control_values(results: Path) -> dict[str, str]:
     """The ``dc_*`` placeholders: the toxicity-only control of primal_dual(orpo)
     (`experiments/results/drift_toxicity_control/`, the same recipe with ``kl_budget`` removed),
     beside the two-constraint runs of the study."""
-    study = drift_runs(results / "drift_toxicity")
-    runs = _of(drift_runs(results / "drift_toxicity_control"), "primal_dual(orpo)")
+    study = finished_runs(results / "drift_toxicity")
+    runs = _of(finished_runs(results / "drift_toxicity_control"), "primal_dual(orpo)")
     lines, fails = [], []
     for r in runs:
         lam = r.series("lambda_next/toxicity")[1]
@@ -218,7 +218,7 @@ def control_values(results: Path) -> dict[str, str]:
 def length_start_values(results: Path) -> dict[str, str]:
     """The ``dl_*`` placeholders: the length scenario's concise start
     (`experiments/results/drift_length_start/`), its held-out mean length and bound."""
-    (start,) = [r for r in collect_runs(results / "drift_length_start") if r.complete]
+    (start,) = finished_runs(results / "drift_length_start").values()
     value, upper, _ = _cert(start, "length")
     return {"dl_start_len": f"{value:.1f}", "dl_start_upper": f"{upper:.1f}",
             "dl_start_n": f"{start.final(eval_key('length', 'id', 'n')):.0f}",
@@ -229,8 +229,8 @@ def check_control_claims(results: Path) -> None:
     """What the text says of the control: the toxicity bound holds alone (>= 2 of 3 seeds) with
     its multiplier well off zero; the accuracy rises over the two-constraint runs' but stays more
     than 0.1 under ORPO's."""
-    study = drift_runs(results / "drift_toxicity")
-    runs = _of(drift_runs(results / "drift_toxicity_control"), "primal_dual(orpo)")
+    study = finished_runs(results / "drift_toxicity")
+    runs = _of(finished_runs(results / "drift_toxicity_control"), "primal_dual(orpo)")
     assert runs, "no toxicity-only control runs"
     assert all(set(r.config["constraints"]) == {"toxicity"} for r in runs), "not toxicity-only"
     k = sum(_cert(r, "toxicity")[2] for r in runs)
@@ -278,7 +278,7 @@ def rise_removed(runs: dict, method: str, base_method: str) -> float | None:
 
 def check_drift_claims(results: Path) -> None:
     """Raise AssertionError when the scenario's numbers contradict what Section 5 says."""
-    runs = drift_runs(results / "drift_toxicity")
+    runs = finished_runs(results / "drift_toxicity")
     step = int(next(iter(runs.values())).config["train"]["steps"])
     for m in ("dpo", "orpo"):  # "every baseline seed ends past both bounds"
         for r in _of(runs, m):

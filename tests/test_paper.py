@@ -126,7 +126,7 @@ def test_an_unfilled_placeholder_is_an_error():
 
 
 def test_study_rows_come_from_each_runs_last_evaluation(text):
-    runs = paper_build.study_runs(RESULTS / "study")
+    runs = paper_build.finished_runs(RESULTS / "study")
     assert runs
     lines = text.splitlines()
     for (label, seed), run in runs.items():
@@ -202,7 +202,7 @@ def test_a_contradicted_curve_claim_stops_the_build(tmp_path):
 def test_drift_rows_come_from_each_runs_records_and_posthoc_evaluations(text):
     """Section 5: each run's last held-out toxicity and KL, IFEval from its posthoc.jsonl, and
     the step-0 curve cell from the base records (the base model, evaluated after training)."""
-    runs = paper_build.drift_runs(RESULTS / "drift_toxicity")
+    runs = paper_build.finished_runs(RESULTS / "drift_toxicity")
     assert runs
     lines = text[text.index("## 5. Drift"):text.index("## 6. Cost")].splitlines()
     for (label, seed), run in runs.items():
@@ -254,7 +254,7 @@ def test_a_contradicted_drift_claim_stops_the_build(tmp_path):
 
 def test_toxicity_only_control_rows_come_from_its_runs(text):
     """Section 5's control table: each toxicity-only run's certificate, accuracy and λ."""
-    runs = paper_build.drift_runs(RESULTS / "drift_toxicity_control")
+    runs = paper_build.finished_runs(RESULTS / "drift_toxicity_control")
     assert len(runs) == 3
     lines = text[text.index("**The toxicity bound alone.**"):text.index("## 6. Cost")].splitlines()
     for (label, seed), run in runs.items():
