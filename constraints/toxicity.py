@@ -199,13 +199,13 @@ class Toxicity(RolloutConstraint):
                  scale: float = 1.0):
         super().__init__(name, epsilon, prompts, lambda_max, baseline_momentum, scale)
         if isinstance(scorer, str):
-            if scorer != "auto" and scorer not in SCORERS:
-                raise ValueError(f"{self.config_key('scorer')}={scorer!r} is not one of "
-                                 f"{['auto', *sorted(SCORERS)]} (or a _target_ node of a "
-                                 f"callable)")
             if scorer == "auto":
                 scorer, why = auto_scorer()
                 log.info("%s=auto: %s judges (%s)", self.config_key("scorer"), scorer, why)
+            elif scorer not in SCORERS:
+                raise ValueError(f"{self.config_key('scorer')}={scorer!r} is not one of "
+                                 f"{['auto', *sorted(SCORERS)]} (or a _target_ node of a "
+                                 f"callable)")
             self.scorer_name = scorer
             scorer = SCORERS[scorer](config_key=self.config_key("scorer"))
         else:
