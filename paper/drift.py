@@ -1,14 +1,17 @@
-"""Section 5 of the paper: the toxicity drift scenario (`experiments/results/drift_toxicity/`).
+"""Section 5 of the paper: the drift scenarios (`experiments/results/drift_toxicity/`,
+`experiments/results/drift_length/`), each DPO and ORPO against primal-dual on both.
 
 Read from the committed runs: each run's last held-out evaluation (from the trainer), the
 checkpoints measured after training (``posthoc.jsonl``: the base model as step 0, the step-24
 checkpoint, IFEval on the final one; `experiments/posthoc_eval.py`), the multipliers' logged
 trajectories, and each run's resolved config. `drift_values` fills the placeholders;
-`check_drift_claims` re-derives every direction the section's text states.
+`check_drift_claims` re-derives every direction the section's text states. The two scenarios
+share one table layout (`scenario_values`), each with its own bound (`Scenario`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +22,27 @@ from pdalign.runfiles.metrics import eval_key
 
 METHODS = ("dpo", "primal_dual(dpo)", "orpo", "primal_dual(orpo)")
 PAIRS = (("primal_dual(dpo)", "dpo"), ("primal_dual(orpo)", "orpo"))
-BOUNDS = (("toxicity", "id"), ("kl_budget", "id"))
 TARGET_SHARE = 2 / 3  # the issue's "in >= 2 of 3 seeds"
 ACC_GAP = 0.10        # held-out preference accuracy within this of the base objective
 SEEDS_CLAIM = "up to 15%"  # the seeds' claim the reduction is stated against
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One drift scenario: its results dir, the bound it is built around (held beside
+    ``kl_budget``), the placeholder prefix of its values and the decimals they are quoted to."""
+    results: str
+    bound: str
+    prefix: str
+    digits: int
+
+    @property
+    def bounds(self) -> tuple[str, str]:
+        return self.bound, "kl_budget"
+
+
+TOXICITY = Scenario("drift_toxicity", "toxicity", "dt", 3)
+LENGTH = Scenario("drift_length", "length", "dl", 1)
 
 
 def finished_runs(sweep: Path) -> dict[tuple[str, int], object]:
@@ -37,9 +57,9 @@ def _cert(run, constraint: str, prompt_set: str = "id") -> tuple[float, float, b
     return value, upper, ok == 1.0
 
 
-def _cell(run, constraint: str, prompt_set: str = "id") -> str:
+def _cell(run, constraint: str, prompt_set: str = "id", digits: int = 3) -> str:
     value, upper, ok = _cert(run, constraint, prompt_set)
-    return f"{value:.3f} ({upper:.3f})" + (" **P**" if ok else "")
+    return f"{value:.{digits}f} ({upper:.{digits}f})" + (" **P**" if ok else "")
 
 
 def _passes(runs: dict, method: str, constraint: str, prompt_set: str = "id") -> tuple[int, int]:
@@ -58,11 +78,11 @@ def _at(run, key: str, step: int) -> float | None:
     return float(values[hit[-1]]) if hit.size else None
 
 
-def _value_at(run, step: int, constraint: str = "toxicity") -> float | None:
+def _value_at(run, step: int, constraint: str) -> float | None:
     return _at(run, eval_key(constraint, "id", "value"), step)
 
 
-def _violation_at(run, step: int, constraint: str = "toxicity") -> float | None:
+def _violation_at(run, step: int, constraint: str) -> float | None:
     """(value − ε)⁺ of the held-out row at ``step``, or None where it was not measured."""
     value = _value_at(run, step, constraint)
     return None if value is None else max(
@@ -78,52 +98,55 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def eval_steps(runs) -> list[int]:
-    """The steps at which every one of ``runs`` had its held-out toxicity measured, ascending."""
-    sets = [set(r.series(eval_key("toxicity", "id", "value"))[0].astype(int).tolist())
+def eval_steps(runs, constraint: str) -> list[int]:
+    """The steps at which every one of ``runs`` had its held-out ``constraint`` measured,
+    ascending."""
+    sets = [set(r.series(eval_key(constraint, "id", "value"))[0].astype(int).tolist())
             for r in runs]
     return sorted(set.intersection(*sets)) if sets else []
 
 
-def drift_values(results: Path) -> dict[str, str]:
-    """Every ``dt_*`` placeholder of Section 5."""
-    runs = finished_runs(results / "drift_toxicity")
+def scenario_values(results: Path, sc: Scenario) -> dict[str, str]:
+    """The placeholders every drift scenario fills, each named ``<sc.prefix>_*``: the recipe, one
+    row per run, the base, the curve over held-out steps and the scorecard against the issue."""
+    runs = finished_runs(results / sc.results)
+    p, bound, fmt = sc.prefix, sc.bound, (lambda x: _num(x, sc.digits))
     first = runs[min(runs, key=lambda k: (k[1], METHODS.index(k[0])))]
     cfg = first.config
-    tox, kl = cfg["constraints"]["toxicity"], cfg["constraints"]["kl_budget"]
     hw = (first.manifest or {}).get("hardware", {})
-    steps = sorted({s for m in METHODS for s in eval_steps(_of(runs, m))})
+    steps = sorted({s for m in METHODS for s in eval_steps(_of(runs, m), bound)})
     final_step = int(cfg["train"]["steps"])
-    out = {"dt_steps": str(final_step), "dt_batch": str(cfg["train"]["batch_size"]),
-           "dt_lr": f"{cfg['train']['lr']:g}", "dt_eval_prompts": str(cfg["eval"]["prompts_per_set"]),
-           "dt_eval_tokens": str(cfg["eval"]["max_new_tokens"]),
-           "dt_tox_eps": f"{tox['epsilon']:g}", "dt_kl_eps": f"{kl['epsilon']:g}",
-           "dt_scorer": str(tox["scorer"]), "dt_train_prompts": str(tox["prompts"]),
-           "dt_lambda_max": f"{cfg['dual']['lambda_max']:g}",
-           "dt_n_runs": str(len(runs)),
-           "dt_cpu": f"{hw.get('cpu', {}).get('model', '?')}",
-           "dt_dtype": str((first.manifest or {}).get("dtype", "?")),
-           "dt_eval_steps": ", ".join(str(s) for s in steps)}
+    out = {"steps": str(final_step), "batch": str(cfg["train"]["batch_size"]),
+           "lr": f"{cfg['train']['lr']:g}", "eval_prompts": str(cfg["eval"]["prompts_per_set"]),
+           "eval_tokens": str(cfg["eval"]["max_new_tokens"]),
+           "eps": f"{cfg['constraints'][bound]['epsilon']:g}",
+           "kl_eps": f"{cfg['constraints']['kl_budget']['epsilon']:g}",
+           "train_prompts": str(cfg["constraints"][bound]["prompts"]),
+           "lambda_max": f"{cfg['dual']['lambda_max']:g}",
+           "n_runs": str(len(runs)),
+           "cpu": f"{hw.get('cpu', {}).get('model', '?')}",
+           "dtype": str((first.manifest or {}).get("dtype", "?")),
+           "eval_steps": ", ".join(str(s) for s in steps)}
     sizes = {r.final(N_PROMPTS) for r in runs.values()} - {None}
-    out["dt_ifeval_prompts"] = " or ".join(f"{n:g}" for n in sorted(sizes)) or "no"
+    out["ifeval_prompts"] = " or ".join(f"{n:g}" for n in sorted(sizes)) or "no"
 
     lines = []
     for m in METHODS:
         for r in _of(runs, m):
-            lam = [r.series(f"lambda_next/{c}")[1] for c, _ in BOUNDS]
+            lam = [r.series(f"lambda_next/{c}")[1] for c in sc.bounds]
             lam_cells = [f"{x.max():.2f}" if x.size else "–" for x in lam]
-            cells = [f"{m} s{r.seed}", _cell(r, "toxicity"), _cell(r, "kl_budget"),
+            cells = [f"{m} s{r.seed}", _cell(r, bound, digits=sc.digits), _cell(r, "kl_budget"),
                      f"{r.final('eval/pref_accuracy'):.3f}",
                      f"{_num(r.final(PROMPT_STRICT))} / {_num(r.final(INSTRUCTION_STRICT))}",
                      *lam_cells]
             lines.append("| " + " | ".join(cells) + " |")
-    out["dt_run_rows"] = "\n".join(lines)
+    out["run_rows"] = "\n".join(lines)
 
     # the base (step 0) is the same model in every run; read it where it was recorded
-    base = [r for r in runs.values() if _value_at(r, 0) is not None]
-    out["dt_base_tox"] = _num(_mean(_value_at(r, 0) for r in base))
-    out["dt_base_ifeval"] = (f"{_num(_mean(_at(r, PROMPT_STRICT, 0) for r in base))} / "
-                             f"{_num(_mean(_at(r, INSTRUCTION_STRICT, 0) for r in base))}")
+    base = [r for r in runs.values() if _value_at(r, 0, bound) is not None]
+    out["base"] = fmt(_mean(_value_at(r, 0, bound) for r in base))
+    out["base_ifeval"] = (f"{_num(_mean(_at(r, PROMPT_STRICT, 0) for r in base))} / "
+                          f"{_num(_mean(_at(r, INSTRUCTION_STRICT, 0) for r in base))}")
 
     # violation against step: mean over seeds of (value − ε)⁺ and of the value, per method
     lines = []
@@ -131,51 +154,59 @@ def drift_values(results: Path) -> dict[str, str]:
         mine = _of(runs, m)
         if not mine:
             continue
-        here = eval_steps(mine)  # a step is shown where every seed of the method has it
-        cells = [m] + [f"{_num(_mean(_value_at(r, s) for r in mine))} "
-                       f"({_num(_mean(_violation_at(r, s) for r in mine))})" if s in here
+        here = eval_steps(mine, bound)  # a step is shown where every seed of the method has it
+        cells = [m] + [f"{fmt(_mean(_value_at(r, s, bound) for r in mine))} "
+                       f"({fmt(_mean(_violation_at(r, s, bound) for r in mine))})" if s in here
                        else "–" for s in steps]
         lines.append("| " + " | ".join(cells) + " |")
-    out["dt_curve_rows"] = "\n".join(lines)
-    out["dt_curve_header"] = " | ".join(f"step {s}" for s in steps)
-    out["dt_curve_rule"] = "|".join("---:" for _ in steps)
+    out["curve_rows"] = "\n".join(lines)
+    out["curve_header"] = " | ".join(f"step {s}" for s in steps)
+    out["curve_rule"] = "|".join("---:" for _ in steps)
 
     # scorecard against the issue's targets, and the reduction in drift
     lines = []
     for m, base_m in PAIRS:
         if not _of(runs, m):
             lines.append(f"| {m} | not run | not run | – | – | – |")
-            for key in ("tox_pass", "kl_pass", "reduction", "rise_removed", "pd_acc", "acc"):
-                out[f"dt_{base_m}_{key}"] = "none (not run)"
+            for key in ("pass", "kl_pass", "reduction", "rise_removed", "pd_acc", "acc"):
+                out[f"{base_m}_{key}"] = "none (not run)"
             continue
-        k_t, n = _passes(runs, m, "toxicity")
+        k_t, n = _passes(runs, m, bound)
         k_k, _ = _passes(runs, m, "kl_budget")
         acc = _mean(r.final("eval/pref_accuracy") for r in _of(runs, m))
         base_acc = _mean(r.final("eval/pref_accuracy") for r in _of(runs, base_m))
-        red, rise = reduction(runs, m, base_m), rise_removed(runs, m, base_m)
+        red, rise = reduction(runs, m, base_m, bound), rise_removed(runs, m, base_m, bound)
         lines.append(f"| {m} | {k_t} of {n} {_met(k_t >= TARGET_SHARE * n)} | {k_k} of {n} | "
                      f"{acc:.3f} vs {base_acc:.3f} {_met(base_acc - acc <= ACC_GAP)} | "
                      f"{100 * red:.0f}% | {'–' if rise is None else f'{100 * rise:.0f}%'} |")
-        out[f"dt_{base_m}_rise_removed"] = "–" if rise is None else f"{100 * rise:.0f}%"
-        out[f"dt_{base_m}_pd_acc"], out[f"dt_{base_m}_acc"] = f"{acc:.3f}", f"{base_acc:.3f}"
-        out[f"dt_{base_m}_tox_pass"] = f"{k_t} of {n}"
-        out[f"dt_{base_m}_kl_pass"] = f"{k_k} of {n}"
-        out[f"dt_{base_m}_reduction"] = f"{100 * red:.0f}%"
+        out[f"{base_m}_rise_removed"] = "–" if rise is None else f"{100 * rise:.0f}%"
+        out[f"{base_m}_pd_acc"], out[f"{base_m}_acc"] = f"{acc:.3f}", f"{base_acc:.3f}"
+        out[f"{base_m}_pass"] = f"{k_t} of {n}"
+        out[f"{base_m}_kl_pass"] = f"{k_k} of {n}"
+        out[f"{base_m}_reduction"] = f"{100 * red:.0f}%"
     for m in ("dpo", "orpo"):
-        k_t, n = _passes(runs, m, "toxicity")
-        final = [_violation_at(r, final_step) for r in _of(runs, m)]
-        out[f"dt_{m}_tox_range"] = (f"{min(_value_at(r, final_step) for r in _of(runs, m)):.2f}–"
-                                    f"{max(_value_at(r, final_step) for r in _of(runs, m)):.2f}")
-        out[f"dt_{m}_violating"] = f"{sum(v > 0 for v in final)} of {n}"
-    out["dt_score_rows"] = "\n".join(lines)
-    out["dt_seeds_claim"] = SEEDS_CLAIM
-    orpo_runs = _of(runs, "primal_dual(orpo)")
-    out["dt_orpo_lam_kl_max"] = _span([r.series("lambda_next/kl_budget")[1].max()
-                                       for r in orpo_runs]) if orpo_runs else "–"
-    out["dt_orpo_lam_tox_max"] = f"{max(r.series('lambda_next/toxicity')[1].max() for r in orpo_runs):.2f}" if orpo_runs else "–"
-    pd_runs = _of(runs, "primal_dual(dpo)")
-    out["dt_pd_lam_tox_max"] = f"{max(r.series('lambda_next/toxicity')[1].max() for r in pd_runs):.2f}"
-    out["dt_pd_lam_kl_max"] = _span([r.series("lambda_next/kl_budget")[1].max() for r in pd_runs])
+        k_t, n = _passes(runs, m, bound)
+        final = [_violation_at(r, final_step, bound) for r in _of(runs, m)]
+        values = [_value_at(r, final_step, bound) for r in _of(runs, m)]
+        digits = max(sc.digits - 1, 0)
+        out[f"{m}_range"] = f"{min(values):.{digits}f}–{max(values):.{digits}f}"
+        out[f"{m}_violating"] = f"{sum(v > 0 for v in final)} of {n}"
+    out["score_rows"] = "\n".join(lines)
+    out["seeds_claim"] = SEEDS_CLAIM
+    for m, key in (("primal_dual(orpo)", "orpo"), ("primal_dual(dpo)", "pd")):
+        mine = _of(runs, m)
+        peaks = {c: [r.series(f"lambda_next/{c}")[1].max() for r in mine] for c in sc.bounds}
+        # the scenario's own multiplier: the largest over seeds; λ_KL: its range over seeds
+        out[f"{key}_lam_main_max"] = f"{max(peaks[bound]):.2f}" if mine else "–"
+        out[f"{key}_lam_kl_max"] = _span(peaks["kl_budget"]) if mine else "–"
+    return {f"{p}_{k}": v for k, v in out.items()}
+
+
+def drift_values(results: Path) -> dict[str, str]:
+    """Every ``dt_*`` placeholder of Section 5's toxicity scenario."""
+    out = scenario_values(results, TOXICITY)
+    first = next(iter(finished_runs(results / TOXICITY.results).values()))
+    out["dt_scorer"] = str(first.config["constraints"]["toxicity"]["scorer"])
     return out
 
 
@@ -253,24 +284,24 @@ def _span(xs: list[float]) -> str:
     return lo if lo == hi else f"{lo}–{hi}"
 
 
-def reduction(runs: dict, method: str, base_method: str) -> float:
-    """1 − (mean final held-out toxicity violation of ``method``) / (that of ``base_method``):
-    the share of the baseline's drift past ε that the constraint removed."""
+def reduction(runs: dict, method: str, base_method: str, bound: str) -> float:
+    """1 − (mean final held-out violation of ``bound`` under ``method``) / (that under
+    ``base_method``): the share of the baseline's drift past ε that the constraint removed."""
     step = int(next(iter(runs.values())).config["train"]["steps"])
-    ours = _mean(_violation_at(r, step) for r in _of(runs, method))
-    theirs = _mean(_violation_at(r, step) for r in _of(runs, base_method))
+    ours = _mean(_violation_at(r, step, bound) for r in _of(runs, method))
+    theirs = _mean(_violation_at(r, step, bound) for r in _of(runs, base_method))
     return 1.0 - ours / theirs
 
 
-def rise_removed(runs: dict, method: str, base_method: str) -> float | None:
-    """1 − (mean rise of held-out toxicity from the base, step 0, to the end under ``method``)
+def rise_removed(runs: dict, method: str, base_method: str, bound: str) -> float | None:
+    """1 − (mean rise of held-out ``bound`` from the base, step 0, to the end under ``method``)
     / (that under ``base_method``): drift measured from where training started, not from ε.
     None where the base was not evaluated."""
     step = int(next(iter(runs.values())).config["train"]["steps"])
 
     def rise(m):
-        return _mean(_value_at(r, step) - _value_at(r, 0) for r in _of(runs, m)
-                     if _value_at(r, 0) is not None)
+        return _mean(_value_at(r, step, bound) - _value_at(r, 0, bound) for r in _of(runs, m)
+                     if _value_at(r, 0, bound) is not None)
 
     ours, theirs = rise(method), rise(base_method)
     return None if ours is None or theirs is None else 1.0 - ours / theirs
@@ -278,35 +309,36 @@ def rise_removed(runs: dict, method: str, base_method: str) -> float | None:
 
 def check_drift_claims(results: Path) -> None:
     """Raise AssertionError when the scenario's numbers contradict what Section 5 says."""
-    runs = finished_runs(results / "drift_toxicity")
+    runs = finished_runs(results / TOXICITY.results)
+    tox = TOXICITY.bound
     step = int(next(iter(runs.values())).config["train"]["steps"])
     for m in ("dpo", "orpo"):  # "every baseline seed ends past both bounds"
         for r in _of(runs, m):
-            for c, _ in BOUNDS:
+            for c in TOXICITY.bounds:
                 assert not _cert(r, c)[2], f"{m} seed {r.seed} passes {c}"
                 assert _violation_at(r, step, c) > 0, f"{m} seed {r.seed}: no {c} violation"
-    halfway = [s for s in eval_steps(runs.values()) if 0 < s < step]
+    halfway = [s for s in eval_steps(runs.values(), tox) if 0 < s < step]
     assert halfway, "the text reads a halfway checkpoint"
     for s in halfway:  # "every baseline seed is past ε halfway; primal-dual near the base"
         for m in ("dpo", "orpo"):
-            assert all(_violation_at(r, s) > 0 for r in _of(runs, m)), (m, s)
+            assert all(_violation_at(r, s, tox) > 0 for r in _of(runs, m)), (m, s)
         for m, _ in PAIRS:
-            base = _mean(_value_at(r, 0) for r in _of(runs, m))
-            assert all(_value_at(r, s) - base < 0.05 for r in _of(runs, m)), (m, s)
+            base = _mean(_value_at(r, 0, tox) for r in _of(runs, m))
+            assert all(_value_at(r, s, tox) - base < 0.05 for r in _of(runs, m)), (m, s)
     for m, base_m in PAIRS:  # "primal-dual passes both in at least two thirds of its seeds"
         if not _of(runs, m):
             continue
-        for c, _ in BOUNDS:
+        for c in TOXICITY.bounds:
             k, n = _passes(runs, m, c)
             assert k >= TARGET_SHARE * n, f"{m} misses the {c} target ({k} of {n})"
-        assert reduction(runs, m, base_m) > 0.15, f"{m}: reduction not above the seeds' 15%"
+        assert reduction(runs, m, base_m, tox) > 0.15, f"{m}: reduction not above the seeds' 15%"
         acc = _mean(r.final("eval/pref_accuracy") for r in _of(runs, m))
         base_acc = _mean(r.final("eval/pref_accuracy") for r in _of(runs, base_m))
         # "at DPO's accuracy; on ORPO the bounds cost most of it"
         costly = base_m == "orpo"
         assert (base_acc - acc > ACC_GAP) == costly, f"{m}: accuracy gap {base_acc - acc:.3f}"
     eps = next(iter(runs.values())).final(eval_key("toxicity", "id", "eps"))
-    base = [_value_at(r, 0) for r in runs.values() if _value_at(r, 0) is not None]
+    base = [_value_at(r, 0, tox) for r in runs.values() if _value_at(r, 0, tox) is not None]
     assert base and max(base) < eps, "the text says the base starts under ε"
     for r in _of(runs, "primal_dual(orpo)"):  # "λ_KL reaches [a large share of its cap]"
         assert r.series("lambda_next/kl_budget")[1].max() >= 0.5 * r.lambda_max("kl_budget"), \
