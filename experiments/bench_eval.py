@@ -20,7 +20,10 @@ top-p 1), ``--threads`` threads. Two rows per code version:
 
 Each is reported as seconds per 100 prompts (``evaluate``: per 100 prompts of one set, both
 rows). Samples are ``max_new_tokens`` = 32 long at most; the fresh adapter is the base model, so
-both code versions generate the same tokens (the table checks it: ``same samples``).
+two code versions with the same sampler generate the same tokens (the table says whether they
+did: ``same samples``). Against a baseline from before `pdalign.policy.sampling.sample_next`
+(inverse-CDF draws in place of ``torch.multinomial``'s) they are different draws from the same
+distribution, and the metric values differ by sampling noise.
 
 The baseline. ``--baseline REV`` checks REV out into a temporary git worktree and times its
 ``pdalign`` in the same rounds: every round runs each code version once, each in a fresh

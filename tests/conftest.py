@@ -142,6 +142,19 @@ def tiny():
     return load_model("tiny")
 
 
+def scripted_decode(rows, eos: int):
+    """A stand-in for `pdalign.policy.sampling.decode` that writes the given new tokens (one
+    row per prompt of a batch, cut after the first ``eos``), for tests of what is computed from
+    samples with known lengths."""
+    def decode(model, input_ids, attention_mask, **kwargs):
+        out = []
+        for row in rows[:len(input_ids)].tolist():
+            out.append(row[:row.index(eos) + 1] if eos in row else row)
+        return out
+
+    return decode
+
+
 @pytest.fixture
 def prompt_file(tmp_path):
     """A JSONL prompt set of 10 short questions."""

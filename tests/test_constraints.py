@@ -382,8 +382,10 @@ def test_user_rollout_constraint_end_to_end_through_instantiate(tmp_path):
     assert not con.reads_pairs and not con.needs_kl
     model, tok = load_model("tiny")
     model = apply_peft(model, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    # one new token each: about half of the vocabulary's pieces hold an "e" (four tokens nearly
+    # always do), so the 8 costs are mixed
     manager = RolloutManager({"forbidden": con}, tok, every=2, prompts_per_rollout=8,
-                             max_new_tokens=4, seed=0)
+                             max_new_tokens=1, seed=0)
     estimate = manager.step_estimates(model, 0)["forbidden"]
     costs = manager.rollouts["forbidden"].costs["forbidden"]
     assert 0 < float(costs.mean()) < 1, "need mixed costs for a non-zero gradient"

@@ -22,6 +22,7 @@ import math
 import pytest
 import torch
 
+import pdalign.policy.sampling as sampling
 from pdalign.constraints.length import Length
 from pdalign.contract.base import StopLogps
 from pdalign.contract.manager import RolloutManager
@@ -29,7 +30,7 @@ from pdalign.policy.logprobs import SequenceLogps, sequence_logps
 from pdalign.policy.sampling import right_pad
 from pdalign.runfiles.metrics import read_metrics, split_records
 from pdalign.training.trainer import train
-from tests.conftest import FP32, compose, tiny_overrides
+from tests.conftest import FP32, compose, scripted_decode, tiny_overrides
 
 
 def _params(model):
@@ -99,8 +100,7 @@ def scripted(tiny, tmp_path, monkeypatch):
     eos = tok.eos_token_id
     new = torch.tensor([[1011, 1012, eos, eos, eos], [1021, 1022, 1023, 1024, 1025],
                         [1031, 1032, 1033, 1034, eos], [1041, eos, eos, eos, eos]])
-    monkeypatch.setattr(model, "generate", lambda input_ids, attention_mask, **kw:
-                        torch.cat([input_ids, new[:len(input_ids)]], dim=1))
+    monkeypatch.setattr(sampling, "decode", scripted_decode(new, eos))
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Question {'x ' * i}?"}) + "\n"
                             for i in range(4)))

@@ -14,7 +14,7 @@ from pdalign.contract import manager as rollout_mod
 from pdalign.contract.manager import Rollout, RolloutManager
 from pdalign.contract.rollout import RolloutConstraint
 from pdalign.policy.logprobs import SequenceLogps
-from pdalign.policy.sampling import chat_prompt_ids, generate
+from pdalign.policy.sampling import chat_prompt_ids, decode, generate, sample_next
 
 PROMPTS = ["hi", "How do I kill a Python process that is stuck?", "Tell me a joke.",
            "What is 2 + 2?"]
@@ -60,6 +60,71 @@ def test_generate_shapes_masks_and_labels(tiny):
         assert r.responses[i] == tok.decode(response_ids, skip_special_tokens=True)
     assert (r.labels != -100).sum(1).tolist() == r.response_lengths.tolist()
     assert r.costs == {} and r.old_logps is None
+
+
+def _varied_tiny():
+    """A fresh tiny model whose greedy tokens vary (its init's are near-flat: one token
+    repeated), in eval mode."""
+    from pdalign.policy.models import load_model
+
+    model, tok = load_model("tiny")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval(), tok
+
+
+def test_decode_gives_hf_generates_greedy_tokens_as_rows_leave_at_eos():
+    """`decode` drops each row at its EOS; greedy, it writes exactly the tokens
+    ``model.generate`` does (cut at EOS), for left-padded prompts that stop at different steps
+    and one that runs to the budget."""
+    model, tok = _varied_tiny()
+    ids = [chat_prompt_ids(tok, p) for p in PROMPTS]
+    width, pad = max(map(len, ids)), tok.pad_token_id
+    x = torch.tensor([[pad] * (width - len(p)) + p for p in ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
+
+    def hf(eos, new=12):
+        out = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=new,
+                             do_sample=False, pad_token_id=pad, repetition_penalty=1.0,
+                             eos_token_id=sorted(eos) if eos else None)[:, width:].tolist()
+        cut = []
+        for row in out:
+            ends = [i for i, t in enumerate(row) if t in eos]
+            cut.append(row[:ends[0] + 1] if ends else row)
+        return cut
+
+    with torch.no_grad():
+        free = hf(set())
+        # stop rows at different steps: the tokens two rows write at steps 1 and 3
+        eos = {free[1][1], free[3][3]} - set(free[0])
+        want = hf(eos)
+        got = decode(model, x, mask, max_new_tokens=12, eos_ids=eos, temperature=0, top_p=1.0)
+    lengths = sorted(len(r) for r in want)
+    assert lengths[0] < lengths[-1] == 12, lengths  # rows left early, one ran to the budget
+    assert got == want
+
+
+def test_sample_next_draws_the_tempered_nucleus():
+    """`sample_next` against the closed form, 40,000 draws a row: softmax(l / T), and with
+    top_p the fewest most likely tokens reaching that mass, renormalized; nothing outside it.
+    Temperature 0 is the argmax."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    n = 40_000
+    torch.manual_seed(0)
+    for temperature, top_p in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.8)):
+        p = torch.softmax(logits / temperature, -1)
+        if top_p < 1:  # by hand: p = .553 .203 .123 ...; .553 + .203 = .756 < .8, + .123 >= .8
+            keep = torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.bool)
+            p = torch.where(keep, p, 0.0) / p[keep].sum()
+        draws = sample_next(logits.expand(n, -1), temperature, top_p)
+        freq = torch.bincount(draws, minlength=6).double() / n
+        sd = (p * (1 - p) / n).sqrt()
+        assert ((freq - p).abs() <= 5 * sd + 1e-12).all(), (temperature, top_p, freq, p)
+        if top_p < 1:
+            assert freq[3:].sum() == 0
+    assert sample_next(logits[None], 0.0, 1.0).tolist() == [0]
 
 
 def test_max_new_tokens_is_respected(tiny):
@@ -136,25 +201,27 @@ def test_generate_restores_the_model_mode(tiny):
     model.train()
 
 
-def test_response_ends_at_the_first_eos_and_padding_follows(tiny, monkeypatch):
-    """Row 0 samples [a, b, EOS] then padding; row 1 runs to max_new_tokens (no EOS)."""
-    model, tok = tiny
-    eos = tok.eos_token_id
-    new = torch.tensor([[1011, 1012, eos, eos, eos], [1021, 1022, 1023, 1024, 1025]])
-
-    def fake_generate(input_ids, attention_mask, **kwargs):
-        assert (attention_mask[:, -1] == 1).all()  # left-padded: last prompt token aligned
-        return torch.cat([input_ids, new[:len(input_ids)]], dim=1)
-
-    monkeypatch.setattr(model, "generate", fake_generate)
-    r = generate(model, tok, PROMPTS[:2], max_new_tokens=5, temperature=1.0, top_p=1.0,
-                 batch_size=2, seed=0)
-    assert r.response_lengths.tolist() == [3, 5]
+def test_response_ends_at_the_first_eos_and_padding_follows():
+    """Greedy on a model whose row 0 writes a new token X at step k: with X made an EOS id (the
+    generation config's), row 0's response is its first k + 1 tokens, X last, and padding
+    follows; row 1, which never writes X, runs to max_new_tokens."""
+    model, tok = _varied_tiny()
+    free = generate(model, tok, PROMPTS[:2], max_new_tokens=5, temperature=0, top_p=1.0,
+                    batch_size=2)
     p0, p1 = (len(chat_prompt_ids(tok, p)) for p in PROMPTS[:2])
-    assert r.labels[0, p0:p0 + 3].tolist() == [1011, 1012, eos]
-    assert (r.labels[0, p0 + 3:] == -100).all() and r.attention_mask[0].sum() == p0 + 3
-    assert r.labels[1, p1:p1 + 5].tolist() == [1021, 1022, 1023, 1024, 1025]
-    assert r.responses[0] == tok.decode([1011, 1012])
+    row0, row1 = free.labels[0, p0:p0 + 5].tolist(), free.labels[1, p1:p1 + 5].tolist()
+    # the first token row 0 writes that it has not written before and row 1 never writes
+    k = next(i for i in range(1, 4) if row0[i] not in row0[:i] + row1)
+    model.generation_config.eos_token_id = [tok.eos_token_id, row0[k]]
+    r = generate(model, tok, PROMPTS[:2], max_new_tokens=5, temperature=0, top_p=1.0,
+                 batch_size=2)
+    n = k + 1
+    assert r.response_lengths.tolist() == [n, 5]
+    assert r.labels[0, p0:p0 + n].tolist() == row0[:n]
+    assert (r.labels[0, p0 + n:] == -100).all() and r.attention_mask[0].sum() == p0 + n
+    assert (r.input_ids[0, p0 + n:] == tok.pad_token_id).all()
+    assert r.labels[1, p1:p1 + 5].tolist() == row1
+    assert r.responses[0] == tok.decode(row0[:n], skip_special_tokens=True)
 
 
 # ---- RolloutManager ---------------------------------------------------------------------------

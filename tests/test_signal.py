@@ -13,12 +13,14 @@ import logging
 import pytest
 import torch
 
+import pdalign.policy.sampling as sampling
 from pdalign.constraints.length import Length
 from pdalign.contract.manager import NO_SIGNAL_AFTER, RolloutManager, no_spread
 from pdalign.contract.rollout import RolloutConstraint
 from pdalign.reporting.runs import collect_runs
 from pdalign.reporting.stats import signal_health
 from pdalign.runfiles.metrics import signal_key
+from tests.conftest import scripted_decode
 
 WARNING = ("constraint scripted has no signal: every sample of the last 3 rollouts costs 1.0, "
            "so its score-function surrogate has zero gradient; use a pair or opener constraint, a "
@@ -173,10 +175,7 @@ def test_at_budget_share_counts_responses_that_used_the_whole_budget(tiny, tmp_p
     new = torch.tensor([[1011, 1012, eos, eos, eos], [1021, 1022, 1023, 1024, 1025],
                         [1031, 1032, 1033, 1034, eos], [1041, eos, eos, eos, eos]])
 
-    def fake_generate(input_ids, attention_mask, **kwargs):
-        return torch.cat([input_ids, new[:len(input_ids)]], dim=1)
-
-    monkeypatch.setattr(model, "generate", fake_generate)
+    monkeypatch.setattr(sampling, "decode", scripted_decode(new, eos))
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Q{i}?"}) + "\n" for i in range(4)))
     manager = RolloutManager([Length(epsilon=2.0, prompts=str(path))], tok, every=1,

@@ -1,6 +1,6 @@
-"""Batched sampling from the policy: `generate` samples responses with the KV cache
-(``model.generate`` on left-padded chat prompts) and rebuilds right-padded prompt+response rows
-that the log-prob forward scores (a `Rollout`)."""
+"""Batched sampling from the policy: `generate` samples responses with the KV cache (on
+left-padded chat prompts, a row leaving the batch once it has sampled EOS) and rebuilds
+right-padded prompt+response rows that the log-prob forward scores (a `Rollout`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from pdalign.policy.models import dequantized_4bit_once, eval_mode, is_sharded
+from pdalign.policy.models import dequantized_4bit_once, eval_mode, is_sharded, lora_merged_once
 
 Tensor = torch.Tensor
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -100,7 +100,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempe
     Pure temperature + nucleus sampling (top_k is off, no repetition penalty), so with
     temperature 1 and top_p 1 the samples follow pi itself, as the score-function surrogate
     assumes. temperature 0 decodes greedily. The model runs in eval mode without gradients and
-    its previous mode is restored.
+    its previous mode is restored. Decoded by `decode` (a row leaves its batch at EOS) on LoRA
+    weights merged once (`pdalign.policy.models.lora_merged_once`); a model sharded over
+    several ranks goes through ``model.generate`` with synced GPUs instead, every rank stepping
+    until all have stopped (the same distribution, drawn by ``torch.multinomial``).
 
     Args:
         model: a causal LM or PeftModel.
@@ -130,7 +133,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempe
     responses: list[list[int]] = []
     starts = range(0, len(prompts), batch_size)
     with eval_mode(model), _seeded(seed, device), _head_in_autocast_dtype(model, device), \
-            dequantized_4bit_once(model):
+            dequantized_4bit_once(model), lora_merged_once(model):
         for start in tqdm(starts, desc="rollout", leave=False, disable=len(starts) <= 2):
             batch = prompt_ids[start:start + batch_size]
             width = max(len(p) for p in batch)
@@ -138,10 +141,15 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempe
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch],
                                 device=device)
+            if not synced:
+                responses.extend(decode(model, ids, mask, max_new_tokens=max_new_tokens,
+                                        eos_ids=eos_ids, temperature=temperature,
+                                        top_p=top_p))
+                continue
             out = model.generate(input_ids=ids, attention_mask=mask,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                  eos_token_id=sorted(eos_ids), repetition_penalty=1.0,
-                                 use_cache=True, synced_gpus=synced or None,
+                                 use_cache=True, synced_gpus=True,
                                  **sampling)  # (b, width + new)
             for row in out[:, width:].tolist():
                 responses.append(_truncate_at_eos(row, eos_ids))
@@ -152,6 +160,68 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempe
         input_ids=input_ids, attention_mask=attention_mask, labels=labels,
         response_lengths=torch.tensor([len(r) for r in responses], dtype=torch.long),
     )
+
+
+def decode(model, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
+           eos_ids: set[int], temperature: float, top_p: float) -> list[list[int]]:
+    """Continue left-padded prompts token by token with the KV cache; the new tokens of each row,
+    EOS included where sampled.
+
+    A row leaves the batch (and the cache) at its EOS, so a batch whose samples stop early no
+    longer pays for its longest one at every step, as ``model.generate`` does. Sampling is
+    `sample_next`: temperature and nucleus only, none of the model's generation-config
+    processors (the distribution the score-function surrogate assumes). Call without gradients,
+    in eval mode, under the caller's autocast; the tokens come from torch's current RNG.
+    """
+    n = input_ids.shape[0]
+    eos = torch.tensor(sorted(eos_ids), device=input_ids.device)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                use_cache=True, logits_to_keep=1)
+    cache, logits = out.cache, out.logits[:, -1]  # transformers >= 5.24 names it `cache`
+    position = positions[:, -1:] + 1
+    rows = torch.arange(n, device=input_ids.device)  # batch row -> prompt index
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    for step in range(max_new_tokens):
+        nxt = sample_next(logits, temperature, top_p)
+        for i, t in zip(rows.tolist(), nxt.tolist()):
+            tokens[i].append(t)
+        going = ~torch.isin(nxt, eos)
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, nxt, attention_mask, position = (
+                rows[keep], nxt[keep], attention_mask[keep], position[keep])
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], 1)
+        out = model(input_ids=nxt[:, None], attention_mask=attention_mask,
+                    position_ids=position, cache=cache, use_cache=True)
+        logits, position = out.logits[:, -1], position + 1
+    return tokens
+
+
+def sample_next(logits: Tensor, temperature: float, top_p: float) -> Tensor:
+    """One token per row of ``logits`` (N, V): argmax where ``temperature`` is 0, else a draw
+    from softmax(logits / temperature) restricted to its nucleus (the fewest most likely tokens
+    whose mass reaches ``top_p``; 1 keeps every token), renormalized.
+
+    Drawn by inverting the cumulative distribution with one uniform per row (from torch's
+    current RNG): the same distribution as ``torch.multinomial``, without its V exponential
+    draws per row, which were a tenth of a CPU decode step on a 49k-token vocabulary.
+    """
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    order = None
+    if top_p < 1:
+        probs, order = probs.sort(-1, descending=True)
+        before = probs.cumsum(-1) - probs  # mass of the more likely tokens; 0 for the first
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
+    picked = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
+    return (picked if order is None else order.gather(-1, picked)).squeeze(-1)
 
 
 @dataclass
