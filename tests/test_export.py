@@ -126,6 +126,25 @@ def test_adapter_export_is_a_peft_dir_and_its_card_is_the_runs_files(lora_run, t
         assert f"| `{path}` | `{digest}` |" in readme
 
 
+def test_training_from_a_merged_export_under_qlora_warns_before_loading(lora_run, tmp_path,
+                                                                        caplog):
+    """A merged export quantized to 4 bits again loses most of its change: the config check
+    says so, naming the field and the fix, for peft=qlora only, and not for an adapter export."""
+    from pdalign.training.build import warn_requantized_merge
+
+    merged, adapter = tmp_path / "merged", tmp_path / "adapter"
+    assert export_main(["--run-dir", str(lora_run), "--out", str(merged), "--merge"]) == 0
+    assert export_main(["--run-dir", str(lora_run), "--out", str(adapter)]) == 0
+    with caplog.at_level("WARNING", logger="pdalign"):
+        assert warn_requantized_merge(compose([f"model.name_or_path={merged}", "peft=qlora"]))
+    (record,) = [r for r in caplog.records if "merged fine-tune" in r.getMessage()]
+    assert "peft.quantize=true" in record.getMessage() and "peft=lora" in record.getMessage()
+    caplog.clear()
+    assert not warn_requantized_merge(compose([f"model.name_or_path={merged}", "peft=lora"]))
+    assert not warn_requantized_merge(compose([f"model.name_or_path={adapter}", "peft=qlora"]))
+    assert not caplog.records
+
+
 def test_merged_model_loads_without_pdalign_and_equals_the_adapter_model(lora_run, tmp_path):
     """fp32 run: merging moves only float rounding, rel_tol(fp32)."""
     out = tmp_path / "merged"

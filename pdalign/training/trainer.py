@@ -241,6 +241,7 @@ def setup(cfg: DictConfig, run_dir: str | Path) -> tuple[Setup, TrainState]:
     wrong with the config or the data fails before the model loads."""
     run_dir = Path(run_dir)
     check_config(cfg)  # every key and range, before anything reads one
+    build.warn_requantized_merge(cfg)
     tcfg = cfg.train
     if tcfg.threads:
         torch.set_num_threads(int(tcfg.threads))
