@@ -44,6 +44,7 @@ from drift import (  # noqa: E402  (Section 5; the run reader and certificate ce
     _cert,
     _passes,
     check_control_claims,
+    check_length_start_claims,
     check_drift_claims,
     control_values,
     drift_values,
@@ -851,6 +852,7 @@ def check_claims(results: Path = RESULTS) -> None:
     check_iterative_claims(results)
     check_drift_claims(results)
     check_control_claims(results)
+    check_length_start_claims(results)
     paired = {(p["method"], p["metric"]): p
               for p in _read_csv(results / "compare" / "paired.csv")}
     for method, _ in PAIRS:

@@ -11,6 +11,7 @@ share one table layout (`scenario_values`), each with its own bound (`Scenario`)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,9 +252,25 @@ def length_start_values(results: Path) -> dict[str, str]:
     (`experiments/results/drift_length_start/`), its held-out mean length and bound."""
     (start,) = finished_runs(results / "drift_length_start").values()
     value, upper, _ = _cert(start, "length")
-    return {"dl_start_len": f"{value:.1f}", "dl_start_upper": f"{upper:.1f}",
-            "dl_start_n": f"{start.final(eval_key('length', 'id', 'n')):.0f}",
-            "dl_eps": f"{start.final(eval_key('length', 'id', 'eps')):g}"}
+    out = {"dl_start_len": f"{value:.1f}", "dl_start_upper": f"{upper:.1f}",
+           "dl_start_n": f"{start.final(eval_key('length', 'id', 'n')):.0f}",
+           "dl_eps": f"{start.final(eval_key('length', 'id', 'eps')):g}"}
+    # the merged start loaded in bf16 and quantized to nf4 again (experiments/requantized_start.py)
+    rq = json.loads((results / "drift_length_start" / "requantized.json").read_text())
+    out["dl_rq_n"], out["dl_rq_budget"] = str(rq["prompts"]), str(rq["max_new_tokens"])
+    for name, row in rq["loadings"].items():
+        out[f"dl_rq_{name}_len"] = f"{row['mean_length']:.0f}"
+        out[f"dl_rq_{name}_cap"] = f"{100 * row['at_cap']:.0f}%"
+    return out
+
+
+def check_length_start_claims(results: Path) -> None:
+    """What the text says of the start: concise in bf16, past ε once quantized to nf4 again."""
+    (start,) = finished_runs(results / "drift_length_start").values()
+    eps = start.final(eval_key("length", "id", "eps"))
+    rq = json.loads((results / "drift_length_start" / "requantized.json").read_text())["loadings"]
+    assert rq["bf16"]["mean_length"] < eps < rq["nf4"]["mean_length"], \
+        ("the merged start in bf16 / nf4", rq["bf16"]["mean_length"], rq["nf4"]["mean_length"])
 
 
 def check_control_claims(results: Path) -> None:

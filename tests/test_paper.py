@@ -271,3 +271,16 @@ def test_a_contradicted_control_claim_stops_the_build(tmp_path):
     """The text says the toxicity bound alone passes in 2 of 3 seeds; make seed 0 fail too."""
     _build_with_toxicity_pass_set(tmp_path, "drift_toxicity_control/primal_dual_orpo-seed0", 0.0,
                                   "control passes toxicity in 1 of 3")
+
+
+def test_a_contradicted_length_start_claim_stops_the_build(tmp_path):
+    """The text says the merged start is concise in bf16 and past ε in nf4; make nf4 concise."""
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)
+    path = results / "drift_length_start" / "requantized.json"
+    record = json.loads(path.read_text())
+    record["loadings"]["nf4"]["mean_length"] = record["loadings"]["bf16"]["mean_length"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(AssertionError, match="the merged start in bf16 / nf4"):
+        paper_build.build(tmp_path / "paper.md", results)
+    assert not (tmp_path / "paper.md").exists()

@@ -187,8 +187,9 @@ def warn_requantized_merge(cfg: DictConfig) -> bool:
 
     A merged fine-tune's change to each weight is mostly smaller than half a step of the 4-bit
     grid, so quantizing it rounds the weights back toward the base it was trained from: the
-    length scenario's concise start answered 32 held-out prompts in 33 tokens on average in
-    bf16 and in 108 (53% at the 160 cap) once quantized to nf4 (2026-12-08). Read before any
+    length scenario's concise start answered 32 held-out prompts in 32 tokens on average in
+    bf16 and in 108 (53% at the 160 cap) once quantized to nf4
+    (experiments/results/drift_length_start/requantized.json). Read before any
     model loads."""
     card = Path(str(cfg.model.name_or_path)) / "pdalign_export.json"  # pdalign.cli.export's
     if not (cfg.peft.get("quantize") and card.is_file()):
