@@ -35,10 +35,10 @@ from pdalign.cli.common import RUN_CONFIG, UsageError, device_of, locate, step_o
 from pdalign.evaluation.certificate import certificate, render_certificate
 from pdalign.policy.models import check_4bit_available
 from pdalign.runfiles.atomic import atomic_dir
+from pdalign.runfiles.export_card import CARD_JSON
 from pdalign.runfiles.metrics import read_metrics, split_records
 from pdalign.training import build
 
-CARD_JSON = "pdalign_export.json"
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

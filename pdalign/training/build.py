@@ -11,7 +11,6 @@ package builds these, so an entry point is a few calls here and no copied setup.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from contextlib import contextmanager
@@ -43,6 +42,7 @@ from pdalign.policy.models import (
 )
 from pdalign.policy.precision import autocast, resolve_dtype
 from pdalign.policy.reference import precompute_reference, reference_cache_key
+from pdalign.runfiles.export_card import is_merged_export
 from pdalign.runfiles.metrics import MetricsLogger
 from pdalign.training.dual import DualState
 
@@ -191,13 +191,7 @@ def warn_requantized_merge(cfg: DictConfig) -> bool:
     bf16 and in 108 (53% at the 160 cap) once quantized to nf4
     (experiments/results/drift_length_start/requantized.json). Read before any
     model loads."""
-    card = Path(str(cfg.model.name_or_path)) / "pdalign_export.json"  # pdalign.cli.export's
-    if not (cfg.peft.get("quantize") and card.is_file()):
-        return False
-    try:
-        merged = json.loads(card.read_text(encoding="utf-8")).get("format") == "merged"
-    except (OSError, ValueError):
-        return False
+    merged = bool(cfg.peft.get("quantize")) and is_merged_export(cfg.model.name_or_path)
     if merged:
         log.warning("model.name_or_path=%s is a merged fine-tune and peft.quantize=true "
                     "quantizes it to 4 bits again, which rounds most of its change back onto "
